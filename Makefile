@@ -1,0 +1,25 @@
+# pyvirt: the two commands in the README.
+#   make demo   set up, build the guest kit, boot the demo VM on its serial console
+#   make test   set up, then run the whole test suite
+.PHONY: setup demo test unit bench guests clean
+
+setup:
+	@./scripts/setup.sh
+
+guests:
+	@$(MAKE) -s -C guests
+
+demo: setup
+	.venv/bin/pyvirt run --config examples/demo.json
+
+test: setup
+	.venv/bin/python -m pytest -q tests
+
+unit: setup
+	.venv/bin/python -m pytest -q tests/unit
+
+bench: setup
+	.venv/bin/python benchmarks/run.py
+
+clean:
+	rm -rf guests/build .venv

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set up everything pyvirt needs on a Debian machine, as root: Debian packages
+# (only those missing), a virtualenv in .venv with pyvirt and its test tools,
+# and the guest kit. Safe to run again; fast when everything is in place.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v gcc >/dev/null || need+=(gcc)
+command -v make >/dev/null || need+=(make)
+command -v python3 >/dev/null || need+=(python3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+command -v qemu-img >/dev/null || need+=(qemu-utils)
+if [ "${#need[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "setup: missing ${need[*]}; run as root or install them with apt-get" >&2
+        exit 1
+    fi
+    echo "setup: installing Debian packages: ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+stamp=.venv/.pyvirt-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -e ".[test]"
+    touch "$stamp"
+fi
+make -s -C guests

@@ -1,0 +1,169 @@
+"""A KVM vCPU handle: KVM_RUN, the shared run page, and register state."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+from typing import TYPE_CHECKING, Iterable
+
+from . import exits
+from . import ioctls as k
+from . import structs as s
+from ._ioctl import ioctl
+from .errors import KvmError
+
+if TYPE_CHECKING:
+    from .vm import Vm
+
+import fcntl
+
+_KVM_RUN = k.KVM_RUN
+_INTR = exits.Interrupted()
+
+
+class Vcpu:
+    def __init__(self, vm: "Vm", fd: int, index: int) -> None:
+        self.vm = vm
+        self.fd = fd
+        self.index = index
+        size = vm.kvm.vcpu_mmap_size()
+        self.run_page = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+    def close(self) -> None:
+        self.run_page.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    # --- running -----------------------------------------------------------
+    def run(self) -> exits.Exit:
+        """Enter the guest until the next exit; the GIL is released meanwhile."""
+        try:
+            fcntl.ioctl(self.fd, _KVM_RUN, 0)
+        except OSError as e:
+            if e.errno in (errno.EINTR, errno.EAGAIN):
+                return _INTR
+            raise KvmError("KVM_RUN", e.errno or errno.EIO) from e
+        return exits.decode(self.run_page)
+
+    def set_immediate_exit(self, on: bool) -> None:
+        """kvm_run.immediate_exit: make the next KVM_RUN return EINTR at once."""
+        self.run_page[1] = 1 if on else 0
+
+    def complete_io_in(self, exit: exits.IoIn, data: bytes) -> None:
+        off = exit.data_offset
+        self.run_page[off : off + len(data)] = data
+
+    def complete_mmio_read(self, data: bytes) -> None:
+        off = exits.RUN_UNION + 8
+        self.run_page[off : off + len(data)] = data
+
+    # --- registers ---------------------------------------------------------
+    def get_regs(self) -> s.kvm_regs:
+        r = s.kvm_regs()
+        ioctl(self.fd, k.KVM_GET_REGS, r, "KVM_GET_REGS")
+        return r
+
+    def set_regs(self, r: s.kvm_regs) -> None:
+        ioctl(self.fd, k.KVM_SET_REGS, r, "KVM_SET_REGS")
+
+    def get_sregs(self) -> s.kvm_sregs:
+        r = s.kvm_sregs()
+        ioctl(self.fd, k.KVM_GET_SREGS, r, "KVM_GET_SREGS")
+        return r
+
+    def set_sregs(self, r: s.kvm_sregs) -> None:
+        ioctl(self.fd, k.KVM_SET_SREGS, r, "KVM_SET_SREGS")
+
+    def get_fpu(self) -> s.kvm_fpu:
+        r = s.kvm_fpu()
+        ioctl(self.fd, k.KVM_GET_FPU, r, "KVM_GET_FPU")
+        return r
+
+    def set_fpu(self, r: s.kvm_fpu) -> None:
+        ioctl(self.fd, k.KVM_SET_FPU, r, "KVM_SET_FPU")
+
+    def set_cpuid2(self, entries: Iterable[s.kvm_cpuid_entry2]) -> None:
+        entries = list(entries)
+        buf = s.kvm_cpuid2_buf()
+        buf.nent = len(entries)
+        for i, e in enumerate(entries):
+            buf.entries[i] = e
+        ioctl(self.fd, k.KVM_SET_CPUID2, buf, "KVM_SET_CPUID2")
+
+    def get_msrs(self, indices: list[int]) -> dict[int, int]:
+        m = s.kvm_msrs(len(indices))
+        for i, idx in enumerate(indices):
+            m.entries[i].index = idx
+        n = ioctl(self.fd, k.KVM_GET_MSRS, m, "KVM_GET_MSRS")
+        return {m.entries[i].index: m.entries[i].data for i in range(n)}
+
+    def set_msrs(self, values: dict[int, int]) -> int:
+        m = s.kvm_msrs(len(values))
+        for i, (idx, val) in enumerate(values.items()):
+            m.entries[i].index = idx
+            m.entries[i].data = val
+        return ioctl(self.fd, k.KVM_SET_MSRS, m, "KVM_SET_MSRS")
+
+    def get_lapic(self) -> bytes:
+        st = s.kvm_lapic_state()
+        ioctl(self.fd, k.KVM_GET_LAPIC, st, "KVM_GET_LAPIC")
+        return bytes(st.regs)
+
+    def set_lapic(self, regs: bytes) -> None:
+        st = s.kvm_lapic_state()
+        ctypes.memmove(st.regs, regs, min(len(regs), 1024))
+        ioctl(self.fd, k.KVM_SET_LAPIC, st, "KVM_SET_LAPIC")
+
+    def get_mp_state(self) -> int:
+        st = s.kvm_mp_state()
+        ioctl(self.fd, k.KVM_GET_MP_STATE, st, "KVM_GET_MP_STATE")
+        return st.mp_state
+
+    def set_mp_state(self, state: int) -> None:
+        ioctl(self.fd, k.KVM_SET_MP_STATE, s.kvm_mp_state(state), "KVM_SET_MP_STATE")
+
+    def get_vcpu_events(self) -> bytes:
+        st = s.kvm_vcpu_events()
+        ioctl(self.fd, k.KVM_GET_VCPU_EVENTS, st, "KVM_GET_VCPU_EVENTS")
+        return bytes(st)
+
+    def set_vcpu_events(self, data: bytes) -> None:
+        ioctl(self.fd, k.KVM_SET_VCPU_EVENTS, s.kvm_vcpu_events.from_buffer_copy(data), "KVM_SET_VCPU_EVENTS")
+
+    def get_debugregs(self) -> bytes:
+        st = s.kvm_debugregs()
+        ioctl(self.fd, k.KVM_GET_DEBUGREGS, st, "KVM_GET_DEBUGREGS")
+        return bytes(st)
+
+    def set_debugregs(self, data: bytes) -> None:
+        ioctl(self.fd, k.KVM_SET_DEBUGREGS, s.kvm_debugregs.from_buffer_copy(data), "KVM_SET_DEBUGREGS")
+
+    def get_xsave(self) -> bytes:
+        st = s.kvm_xsave()
+        ioctl(self.fd, k.KVM_GET_XSAVE, st, "KVM_GET_XSAVE")
+        return bytes(st)
+
+    def set_xsave(self, data: bytes) -> None:
+        ioctl(self.fd, k.KVM_SET_XSAVE, s.kvm_xsave.from_buffer_copy(data), "KVM_SET_XSAVE")
+
+    def get_xcrs(self) -> bytes:
+        st = s.kvm_xcrs()
+        ioctl(self.fd, k.KVM_GET_XCRS, st, "KVM_GET_XCRS")
+        return bytes(st)
+
+    def set_xcrs(self, data: bytes) -> None:
+        ioctl(self.fd, k.KVM_SET_XCRS, s.kvm_xcrs.from_buffer_copy(data), "KVM_SET_XCRS")
+
+    def translate(self, gva: int) -> int | None:
+        """Guest-virtual to guest-physical through the vCPU's current page tables."""
+        t = s.kvm_translation(linear_address=gva)
+        ioctl(self.fd, k.KVM_TRANSLATE, t, "KVM_TRANSLATE")
+        return t.physical_address if t.valid else None
+
+    def nmi(self) -> None:
+        ioctl(self.fd, k.KVM_NMI, 0, "KVM_NMI")
+
+

@@ -1,0 +1,1 @@
+"""The virtual machine monitor: config → running VM, vCPU threads, console."""

@@ -1,0 +1,292 @@
+"""Assemble a VM from a VmConfig and run it until the guest (or the user) ends it.
+
+One Machine is one VM in this process: guest memory, KVM's in-kernel
+irqchip and PIT, the legacy devices on the port bus, the firmware tables,
+and one thread per vCPU running `vcpu_loop.run_vcpu`. The main thread
+serves the console and signals.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import struct
+import sys
+import threading
+from pathlib import Path
+
+from .. import kvm
+from ..arch.x86 import boot_cpu, layout
+from ..devices.bus import Bus
+from ..devices.irq import CallbackIrq
+from ..kvm import structs as ks
+from ..memory import GuestMemory, Region
+from . import exit_status
+from .config import ConfigError, VmConfig
+from .console import Console
+from .report import describe_vcpu
+from .vcpu_loop import ExitHandler, run_vcpu
+
+log = logging.getLogger(__name__)
+
+MSR_IA32_MISC_ENABLE = 0x1A0
+MISC_ENABLE_FAST_STRING = 1
+APIC_LVT0 = 0x350
+APIC_LVT1 = 0x360
+APIC_MODE_EXTINT = 0x7 << 8
+APIC_MODE_NMI = 0x4 << 8
+COM1_IRQ = 4
+SCI_IRQ = 9
+_KICK = signal.SIGUSR1
+
+
+class VmError(RuntimeError):
+    """The VM could not be built; the message says what to change."""
+
+
+def host_memory_limit() -> int:
+    """RAM plus swap of the host: more guest memory than this cannot be backed."""
+    total = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("MemTotal", "SwapTotal"):
+                total += int(rest.split()[0]) * 1024
+    except OSError:
+        return 1 << 62
+    return total
+
+
+class Machine:
+    def __init__(self, cfg: VmConfig, console: Console | None = None) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.console = console or Console(cfg.serial, on_quit=lambda: self.stop(exit_status.POWEROFF, "quit from the console"))
+        self.status: int | None = None
+        self.reason = ""
+        self._stop_lock = threading.Lock()
+        self._stopping = False
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.threads: list[threading.Thread] = []
+        self.vcpus: list[kvm.Vcpu] = []
+        self.pio = Bus("port I/O")
+        self.mmio = Bus("MMIO")
+        self.backend = kvm.backend()
+        self._build()
+
+    # --- building -----------------------------------------------------------
+    def _build(self) -> None:
+        cfg = self.cfg
+        self.kvm = kvm.Kvm()
+        max_vcpus = self.kvm.max_vcpus()
+        if cfg.cpus > max_vcpus:
+            raise ConfigError(f"{cfg.cpus} vCPUs requested but this host's KVM allows at most {max_vcpus}")
+        limit = host_memory_limit()
+        if cfg.memory > limit:
+            raise ConfigError(
+                f"{cfg.memory >> 20} MiB of guest memory requested but the host has only "
+                f"{limit >> 20} MiB of RAM and swap; lower --memory"
+            )
+        kernel = Path(cfg.kernel).read_bytes()
+        initrd = Path(cfg.initrd).read_bytes() if cfg.initrd else None
+
+        self.vm = self.kvm.create_vm()
+        try:
+            self.vm.set_tss_addr(layout.TSS_ADDR)  # needed by Intel VMX without unrestricted guest
+        except kvm.KvmError as e:
+            log.debug("KVM_SET_TSS_ADDR: %s", e)
+        self.vm.create_irqchip()
+        self.vm.create_pit2()
+        # Re-injecting missed PIT ticks makes a slow guest spend all its time in the
+        # tick handler; drop them instead (QEMU's lost_tick_policy=discard).
+        self.vm.set_pit_reinject(False)
+
+        self.mem = self._map_memory(cfg.memory)
+        self._add_devices()
+        self._setup_firmware_and_kernel(kernel, initrd)
+        self._create_vcpus()
+
+    def _map_memory(self, size: int) -> GuestMemory:
+        regions = [Region.anonymous(r.gpa, r.size) for r in layout.ram_ranges(size)]
+        for slot, r in enumerate(regions):
+            self.vm.set_user_memory_region(slot, r.gpa, r.size, r.host_address())
+        return GuestMemory(regions)
+
+    def _add_devices(self) -> None:
+        from ..devices.legacy import AcpiPm, DebugExit, FwCfg, I8042, PciConfigPorts, PostCode, Rtc, Serial
+
+        irq_line = self.vm.irq_line
+        reset = lambda: self.stop(exit_status.RESET, "the guest requested a reset")  # noqa: E731
+        self.serial = Serial(CallbackIrq(COM1_IRQ, irq_line), self.console.write)
+        self.console.receive = self.serial.receive
+        e820 = b"".join(struct.pack("<QQI", e.addr, e.size, e.type) for e in layout.e820_map(self.cfg.memory))
+        self.fw_cfg = FwCfg.for_vm(ncpus=self.cfg.cpus, ram_size=self.cfg.memory,
+                                   cmdline=self.cfg.cmdline.encode(), e820=e820)
+        self.rtc = Rtc()
+        devices = [
+            (0x3F8, 8, self.serial, "COM1"),
+            (0x60, 5, I8042(on_reset=reset), "i8042"),
+            (0x70, 2, self.rtc, "CMOS RTC"),
+            (0x80, 1, PostCode(), "POST"),
+            (self.cfg.debug_exit_port, 1, DebugExit(on_exit=self._debug_exit), "debug-exit"),
+            (0x510, 2, self.fw_cfg, "fw_cfg"),
+            (0x600, 12, AcpiPm(on_poweroff=lambda: self.stop(exit_status.POWEROFF, "the guest powered off (ACPI S5)"),
+                               on_reset=reset, sci=CallbackIrq(SCI_IRQ, irq_line)), "ACPI PM"),
+            (0xCF8, 8, PciConfigPorts(on_reset=reset), "PCI config"),
+        ]
+        for base, length, dev, name in devices:
+            self.pio.register(base, length, dev, name)
+        if hasattr(self.rtc, "set_memory_size"):
+            self.rtc.set_memory_size(self.cfg.memory)
+
+    def _debug_exit(self, value: int) -> None:
+        self.stop(exit_status.debug_exit(value), f"the guest wrote {value:#x} to the debug-exit port")
+
+    def _setup_firmware_and_kernel(self, kernel: bytes, initrd: bytes | None) -> None:
+        from ..arch.x86.acpi import build_acpi
+        from ..arch.x86.mptable import build_mptable
+        from ..boot import BootError, load_kernel
+
+        boot_cpu.write_gdt(self.mem)
+        boot_cpu.write_page_tables(self.mem)
+        build_mptable(self.mem, self.cfg.cpus)
+        self.rsdp = build_acpi(self.mem, self.cfg.cpus)
+        try:
+            self.boot = load_kernel(self.mem, kernel, mem_size=self.cfg.memory, cmdline=self.cfg.cmdline,
+                                    initrd=initrd, rsdp_addr=self.rsdp)
+        except BootError as e:
+            raise VmError(f"{self.cfg.kernel}: {e}") from e
+        log.info("loaded %s kernel, entry %#x (%s)", self.boot.protocol, self.boot.entry, self.boot.mode)
+
+    def _create_vcpus(self) -> None:
+        from ..arch.x86.cpuid import CpuidEntry, build_cpuid
+
+        supported = [CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+                     for e in self.kvm.supported_cpuid()]
+        for i in range(self.cfg.cpus):
+            vcpu = self.vm.create_vcpu(i)
+            table = build_cpuid(supported, vcpu_index=i, ncpus=self.cfg.cpus)
+            vcpu.set_cpuid2(ks.kvm_cpuid_entry2(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+                            for e in table)
+            try:
+                vcpu.set_msrs({MSR_IA32_MISC_ENABLE: MISC_ENABLE_FAST_STRING})
+            except kvm.KvmError:
+                pass
+            fpu = ks.kvm_fpu()
+            fpu.fcw = 0x37F
+            fpu.mxcsr = 0x1F80
+            vcpu.set_fpu(fpu)
+            self._setup_lapic(vcpu)
+            self.vcpus.append(vcpu)
+        bsp = self.vcpus[0]
+        sregs = bsp.get_sregs()
+        boot_cpu.setup_sregs(sregs, self.boot.mode)
+        bsp.set_sregs(sregs)
+        regs = ks.kvm_regs()
+        boot_cpu.setup_regs(regs, self.boot.entry, self.boot.regs)
+        bsp.set_regs(regs)
+
+    @staticmethod
+    def _setup_lapic(vcpu: kvm.Vcpu) -> None:
+        """Virtual-wire mode, as firmware leaves it: LINT0 takes the PIC's ExtINT,
+        LINT1 takes NMI. Guests that use the PIC directly need this."""
+        regs = bytearray(vcpu.get_lapic())
+
+        def setreg(off: int, mode: int) -> None:
+            v = struct.unpack_from("<I", regs, off)[0]
+            v = (v & ~0x10700 & 0xFFFFFFFF) | mode  # unmask, set delivery mode
+            struct.pack_into("<I", regs, off, v)
+
+        setreg(APIC_LVT0, APIC_MODE_EXTINT)
+        setreg(APIC_LVT1, APIC_MODE_NMI)
+        vcpu.set_lapic(bytes(regs))
+
+    # --- running ------------------------------------------------------------
+    def stop(self, status: int, reason: str, vcpu_index: int | None = None) -> None:
+        """End the VM (first caller wins); safe from any thread or signal handler."""
+        with self._stop_lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            self.status = status
+            self.reason = reason
+        if vcpu_index is not None and 0 <= vcpu_index < len(self.vcpus):
+            sys.stderr.write(f"pyvirt: {reason}\n{describe_vcpu(self.vcpus[vcpu_index], self.mem)}\n")
+        me = threading.get_ident()
+        for vcpu, t in zip(self.vcpus, self.threads):
+            vcpu.set_immediate_exit(True)
+            if t.ident is not None and t.ident != me and t.is_alive():
+                try:
+                    signal.pthread_kill(t.ident, _KICK)
+                except (ProcessLookupError, OSError):
+                    pass
+        os.eventfd_write(self._wake, 1)
+
+    def is_stopping(self) -> bool:
+        return self._stopping
+
+    def run(self) -> int:
+        """Run until the VM ends; returns the exit status."""
+        handler = ExitHandler(self.pio, self.mmio, self.stop)
+        old_handlers = {}
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main:
+            signal.signal(_KICK, lambda *_: None)  # only needs to interrupt KVM_RUN
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old_handlers[sig] = signal.signal(
+                    sig, lambda s, _f: self.stop(exit_status.POWEROFF, f"stopped by {signal.Signals(s).name}"))
+        self.console.start()
+        try:
+            for vcpu in self.vcpus:
+                t = threading.Thread(target=self._vcpu_main, args=(vcpu, handler), name=f"vcpu{vcpu.index}", daemon=True)
+                self.threads.append(t)
+            for t in self.threads:
+                t.start()
+            self._serve()
+            for t in self.threads:
+                t.join(timeout=5)
+        finally:
+            self.console.close()
+            if in_main:
+                for sig, h in old_handlers.items():
+                    signal.signal(sig, h)
+        if self.reason and self.status not in (None,) and not self.reason.startswith("the guest wrote"):
+            log.info("%s", self.reason)
+        return self.status if self.status is not None else exit_status.ERROR
+
+    def _vcpu_main(self, vcpu: kvm.Vcpu, handler: ExitHandler) -> None:
+        try:
+            run_vcpu(vcpu, handler, self.is_stopping)
+        except Exception as e:  # a KVM_RUN failure: report, end the VM
+            log.debug("vCPU %d failed", vcpu.index, exc_info=True)
+            self.stop(exit_status.UNHANDLED_EXIT, f"vCPU {vcpu.index}: {e}", vcpu.index)
+
+    def _serve(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._wake, selectors.EVENT_READ)
+        registered: set[int] = set()
+        while not self._stopping:
+            want = set(self.console.readable_fds())
+            for fd in registered - want:
+                sel.unregister(fd)
+            for fd in want - registered:
+                sel.register(fd, selectors.EVENT_READ)
+            registered = want
+            for key, _ in sel.select():
+                if key.fd == self._wake:
+                    continue
+                self.console.on_readable(key.fd)
+        sel.close()
+
+    def close(self) -> None:
+        for vcpu in self.vcpus:
+            vcpu.close()
+        self.vm.close()
+        self.kvm.close()
+        for r in self.mem.regions:
+            r.view.release()
+            if hasattr(r.buf, "close"):
+                r.buf.close()
+        os.close(self._wake)

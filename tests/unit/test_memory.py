@@ -1,0 +1,67 @@
+"""GuestMemory: bounds checks, views, multiple regions."""
+
+import pytest
+
+from pyvirt.memory import GuestMemory, GuestMemoryError, Region
+
+
+def test_read_write_roundtrip():
+    m = GuestMemory.from_bytearray(0x10000)
+    m.write(0x100, b"hello")
+    assert m.read(0x100, 5) == b"hello"
+    m.write_u32(0x200, 0xDEADBEEF)
+    assert m.read_u32(0x200) == 0xDEADBEEF
+    m.write_u64(0x208, 1 << 63)
+    assert m.read_u64(0x208) == 1 << 63
+    m.write_u16(0x210, 0xBEEF)
+    assert m.read_u16(0x210) == 0xBEEF
+
+
+@pytest.mark.parametrize("gpa,length", [(0x10000, 1), (0xFFFF, 2), (-1, 1), (0, 0x10001), (1 << 40, 8)])
+def test_out_of_bounds_is_refused(gpa, length):
+    m = GuestMemory.from_bytearray(0x10000)
+    with pytest.raises(GuestMemoryError):
+        m.read(gpa, length)
+    with pytest.raises(GuestMemoryError):
+        m.write(gpa, b"x" * length)
+    assert not m.contains(gpa, length)
+
+
+def test_regions_with_hole():
+    m = GuestMemory([Region(0, 0x1000, bytearray(0x1000)), Region(0x4000, 0x1000, bytearray(0x1000))])
+    m.write(0x4FFF, b"z")
+    assert m.read(0x4FFF, 1) == b"z"
+    with pytest.raises(GuestMemoryError):
+        m.read(0x2000, 1)
+    with pytest.raises(GuestMemoryError):  # a view never spans two regions
+        m.read(0xFFF, 2)
+    assert m.size == 0x2000
+
+
+def test_overlapping_regions_rejected():
+    with pytest.raises(GuestMemoryError):
+        GuestMemory([Region(0, 0x2000, bytearray(0x2000)), Region(0x1000, 0x1000, bytearray(0x1000))])
+
+
+def test_view_is_zero_copy():
+    m = GuestMemory.from_bytearray(0x1000)
+    v = m.view(0x10, 4)
+    v[:] = b"abcd"
+    assert m.read(0x10, 4) == b"abcd"
+
+
+def test_cstr_is_bounded():
+    m = GuestMemory.from_bytearray(0x100)
+    m.write(0x10, b"abc\0def")
+    assert m.read_cstr(0x10) == b"abc"
+    m.fill(0, 0x100, ord("x"))
+    assert m.read_cstr(0xF0) == b"x" * 16  # stops at the end of memory
+
+
+def test_anonymous_region_requires_page_multiple():
+    with pytest.raises(GuestMemoryError):
+        Region.anonymous(0, 1000)
+    r = Region.anonymous(0, 8192)
+    assert r.host_address() != 0
+    r.view.release()
+    r.buf.close()

@@ -1,0 +1,67 @@
+"""VmConfig parsing and validation."""
+
+import json
+
+import pytest
+
+from pyvirt.vmm.config import ConfigError, SerialConfig, VmConfig, parse_size
+
+
+@pytest.mark.parametrize("text,expected", [("128M", 128 << 20), ("1G", 1 << 30), ("512", 512 << 20),
+                                           ("64MiB", 64 << 20), ("4096k", 4 << 20), (256, 256 << 20)])
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["lots", "12X", "", "-5M"])
+def test_parse_size_rejects(text):
+    with pytest.raises(ConfigError, match="not a size"):
+        parse_size(text)
+
+
+def test_serial_specs():
+    assert SerialConfig.parse("stdio").kind == "stdio"
+    assert SerialConfig.parse("file:/tmp/x") == SerialConfig("file", "/tmp/x")
+    assert SerialConfig.parse("socket:/tmp/s") == SerialConfig("socket", "/tmp/s")
+    with pytest.raises(ConfigError, match="file:PATH"):
+        SerialConfig.parse("tcp:1234")
+
+
+def test_config_file_relative_paths(tmp_path):
+    (tmp_path / "k.elf").write_bytes(b"x")
+    f = tmp_path / "vm.json"
+    f.write_text(json.dumps({"kernel": "k.elf", "memory": "64M", "cpus": 2, "serial": "null"}))
+    cfg = VmConfig.from_file(str(f))
+    assert cfg.kernel == str(tmp_path / "k.elf") and cfg.memory == 64 << 20 and cfg.cpus == 2
+    assert cfg.serial.kind == "null"
+    cfg.validate()
+
+
+def test_config_file_errors(tmp_path):
+    f = tmp_path / "vm.json"
+    f.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        VmConfig.from_file(str(f))
+    f.write_text(json.dumps({"kernal": "x"}))
+    with pytest.raises(ConfigError, match="unknown config keys: kernal"):
+        VmConfig.from_file(str(f))
+    with pytest.raises(ConfigError, match="cannot read"):
+        VmConfig.from_file(str(tmp_path / "missing.json"))
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"kernel": ""}, "no kernel"),
+    ({"kernel": "/nonexistent"}, "does not exist"),
+    ({"memory": 1000}, "multiple of the 4 KiB"),
+    ({"memory": 4096}, "at least 2 MiB"),
+    ({"cpus": 0}, "cpus 0"),
+    ({"pvm": "maybe"}, "pvm"),
+])
+def test_validation_messages(tmp_path, change, message):
+    k = tmp_path / "k"
+    k.write_bytes(b"x")
+    cfg = VmConfig(kernel=str(k))
+    for key, value in change.items():
+        setattr(cfg, key, value)
+    with pytest.raises(ConfigError, match=message):
+        cfg.validate()
