@@ -126,6 +126,18 @@ class Console:
         if data:
             self.receive(data)
 
+    def drain(self, fd: int, limit: int = 1 << 20) -> None:
+        """Read a non-pollable input (regular file, /dev/null) to its end, up to `limit` bytes."""
+        total = 0
+        while total < limit:
+            before = self._in_fd
+            self.on_readable(fd)
+            if self._in_fd != before or self._in_fd < 0:
+                break
+            total += 4096
+        if fd == self._in_fd:
+            self._in_fd = -1
+
     def _filter_escapes(self, data: bytes) -> bytes:
         out = bytearray()
         for b in data:

@@ -79,7 +79,8 @@ class Machine:
     # --- building -----------------------------------------------------------
     def _build(self) -> None:
         cfg = self.cfg
-        self.kvm = kvm.Kvm()
+        # PYVIRT_KVM_DEVICE points at another KVM device node (tests use a missing one).
+        self.kvm = kvm.Kvm(os.environ.get("PYVIRT_KVM_DEVICE", kvm.system.DEFAULT_PATH))
         max_vcpus = self.kvm.max_vcpus()
         if cfg.cpus > max_vcpus:
             raise ConfigError(f"{cfg.cpus} vCPUs requested but this host's KVM allows at most {max_vcpus}")
@@ -155,7 +156,8 @@ class Machine:
         self.rsdp = build_acpi(self.mem, self.cfg.cpus)
         try:
             self.boot = load_kernel(self.mem, kernel, mem_size=self.cfg.memory, cmdline=self.cfg.cmdline,
-                                    initrd=initrd, rsdp_addr=self.rsdp)
+                                    initrd=initrd, rsdp_addr=self.rsdp,
+                                    kernel_name=self.cfg.kernel, initrd_name=self.cfg.initrd or "initrd")
         except BootError as e:
             raise VmError(f"{self.cfg.kernel}: {e}") from e
         log.info("loaded %s kernel, entry %#x (%s)", self.boot.protocol, self.boot.entry, self.boot.mode)
@@ -245,9 +247,12 @@ class Machine:
             for t in self.threads:
                 t.start()
             self._serve()
-            for t in self.threads:
-                t.join(timeout=5)
         finally:
+            # Whatever ended the main loop, no vCPU may outlive run(): close()
+            # releases the fds and memory they use.
+            self.stop(exit_status.ERROR, "the VMM's main loop ended unexpectedly")
+            for t in self.threads:
+                t.join(timeout=10)
             self.console.close()
             if in_main:
                 for sig, h in old_handlers.items():
@@ -272,7 +277,13 @@ class Machine:
             for fd in registered - want:
                 sel.unregister(fd)
             for fd in want - registered:
-                sel.register(fd, selectors.EVENT_READ)
+                try:
+                    sel.register(fd, selectors.EVENT_READ)
+                except PermissionError:
+                    # A regular file or /dev/null can't be polled: it is always
+                    # readable, so hand over what it holds now.
+                    self.console.drain(fd)
+                    want.discard(fd)
             registered = want
             for key, _ in sel.select():
                 if key.fd == self._wake:

@@ -35,7 +35,7 @@ def describe_vcpu(vcpu: "Vcpu", mem: "GuestMemory") -> str:
     try:
         r = vcpu.get_regs()
         s = vcpu.get_sregs()
-    except OSError as e:
+    except (OSError, ValueError) as e:
         return f"vCPU {vcpu.index}: registers unavailable ({e})"
     lines = [f"vCPU {vcpu.index}:"]
     names = "rax rbx rcx rdx rsi rdi rsp rbp r8 r9 r10 r11 r12 r13 r14 r15".split()
