@@ -14,7 +14,7 @@ import pytest
 
 from pyvirt.testing import images
 
-from .conftest import ROOT, kvm_usable, run_pyvirt
+from vmrun import ROOT, kvm_usable, run_pyvirt
 
 pytestmark = pytest.mark.skipif(kvm_usable() is not None, reason=str(kvm_usable()))
 
@@ -71,7 +71,7 @@ def _spawn(args: list[str], **kw) -> subprocess.Popen:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_cleanly(image, sig):
-    p = _spawn(["run", "--kernel", image(images.print_then_exit(b"up\n", 0)[:-4] + images.HANG), "--serial", "stdio"],
+    p = _spawn(["run", "--kernel", image(images.print_then_hang(b"up\n")), "--serial", "stdio"],
                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert p.stdout.read(3) == b"up\n"  # the guest is running
@@ -84,7 +84,7 @@ def test_signal_stops_cleanly(image, sig):
 
 
 def test_ctrl_a_x_quits_and_restores_terminal(image):
-    code = images.print_then_exit(b"ready\n", 0)[:-4] + images.HANG
+    code = images.print_then_hang(b"ready\n")
     master, slave = pty.openpty()
     import termios
 
@@ -118,7 +118,7 @@ def test_not_a_kernel(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--memory", "100T"], "lower --memory"),
-    (["--memory", "1000k"], "multiple of the 4 KiB"),
+    (["--memory", "65537k"], "multiple of the 4 KiB"),
     (["--cpus", "100000"], "cpus"),
     (["--kernel", "/nonexistent/kernel"], "does not exist"),
 ])

@@ -41,9 +41,19 @@ def exit_with(value: int) -> bytes:
     return bytes([0xB0, value & 0xFF, 0xE6, 0xF4]) + HANG
 
 
-def print_then_exit(text: bytes, value: int) -> bytes:
-    """Write `text` to COM1 byte by byte, then exit through debug-exit."""
+def print_text(text: bytes) -> bytes:
+    """Write `text` to COM1 byte by byte."""
     code = bytearray(bytes.fromhex("66 ba f8 03"))  # mov dx, 0x3f8
     for b in text:
         code += bytes([0xB0, b, 0xEE])  # mov al, b ; out dx, al
-    return bytes(code) + exit_with(value)
+    return bytes(code)
+
+
+def print_then_exit(text: bytes, value: int) -> bytes:
+    """Write `text` to COM1, then exit through debug-exit."""
+    return print_text(text) + exit_with(value)
+
+
+def print_then_hang(text: bytes) -> bytes:
+    """Write `text` to COM1, then halt with interrupts off until stopped from outside."""
+    return print_text(text) + HANG
