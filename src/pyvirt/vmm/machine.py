@@ -37,6 +37,7 @@ APIC_LVT0 = 0x350
 APIC_LVT1 = 0x360
 APIC_MODE_EXTINT = 0x7 << 8
 APIC_MODE_NMI = 0x4 << 8
+KBD_IRQ = 1
 COM1_IRQ = 4
 SCI_IRQ = 9
 _KICK = signal.SIGUSR1
@@ -128,7 +129,7 @@ class Machine:
         self.rtc = Rtc()
         devices = [
             (0x3F8, 8, self.serial, "COM1"),
-            (0x60, 5, I8042(on_reset=reset), "i8042"),
+            (0x60, 5, I8042(on_reset=reset, irq=CallbackIrq(KBD_IRQ, irq_line)), "i8042"),
             (0x70, 2, self.rtc, "CMOS RTC"),
             (0x80, 1, PostCode(), "POST"),
             (self.cfg.debug_exit_port, 1, DebugExit(on_exit=self._debug_exit), "debug-exit"),
@@ -147,12 +148,15 @@ class Machine:
 
     def _setup_firmware_and_kernel(self, kernel: bytes, initrd: bytes | None) -> None:
         from ..arch.x86.acpi import build_acpi
-        from ..arch.x86.mptable import build_mptable
+        from ..arch.x86.mptable import build_mptable, mptable_size
         from ..boot import BootError, load_kernel
 
         boot_cpu.write_gdt(self.mem)
         boot_cpu.write_page_tables(self.mem)
-        build_mptable(self.mem, self.cfg.cpus)
+        if layout.MPTABLE + mptable_size(self.cfg.cpus) <= layout.LOW_RAM_END:
+            build_mptable(self.mem, self.cfg.cpus)
+        else:  # the EBDA has room for about 40 vCPUs; bigger guests find them in ACPI
+            log.info("%d vCPUs do not fit in an MP table; announcing them through ACPI only", self.cfg.cpus)
         self.rsdp = build_acpi(self.mem, self.cfg.cpus)
         try:
             self.boot = load_kernel(self.mem, kernel, mem_size=self.cfg.memory, cmdline=self.cfg.cmdline,
