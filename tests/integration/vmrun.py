@@ -40,6 +40,8 @@ def run_pyvirt(args: list[str], timeout: float = DEFAULT_TIMEOUT, input: bytes |
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     p = subprocess.run(pyvirt_cmd() + args, input=input if input is not None else b"", capture_output=True,
                        timeout=timeout, env=env, cwd=ROOT)
-    return Run(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))
+    # Guests end lines with CRLF, as serial consoles do; tests read plain lines.
+    out = p.stdout.decode(errors="replace").replace("\r\n", "\n")
+    return Run(p.returncode, out, p.stderr.decode(errors="replace"))
 
 

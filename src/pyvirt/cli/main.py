@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="boot a VM in the foreground",
                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_STATUS_HELP)
+    run.add_argument("-v", "--verbose", dest="run_verbose", action="count", default=0,
+                     help="more logging: unclaimed I/O, boot details (-vv for debug)")
     run.add_argument("--config", metavar="FILE", help="VM settings as JSON (command-line options override them)")
     run.add_argument("--kernel", metavar="FILE", help="PVH ELF, Linux bzImage, x86-64 ELF vmlinux or multiboot kernel")
     run.add_argument("--initrd", metavar="FILE", help="initial ramdisk")
@@ -96,7 +98,8 @@ def cmd_host_check() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
+    verbose = args.verbose + getattr(args, "run_verbose", 0)
+    level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="pyvirt: %(message)s", stream=sys.stderr)
     if args.command == "run":
         return cmd_run(args)

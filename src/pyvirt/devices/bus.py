@@ -99,4 +99,4 @@ class Bus:
     def _warn(self, addr: int, size: int, what: str) -> None:
         if addr not in self._warned and len(self._warned) < 4096:
             self._warned.add(addr)
-            log.warning("%s: unclaimed %d-byte %s at %#x (reads as all-ones)", self.name, size, what, addr)
+            log.info("%s: unclaimed %d-byte %s at %#x (reads as all-ones)", self.name, size, what, addr)
