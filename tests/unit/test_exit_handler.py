@@ -116,3 +116,62 @@ def test_debug_exit_status_matches_qemu():
     assert exit_status.debug_exit(0) == 1
     assert exit_status.debug_exit(0x10) == 0x21
     assert exit_status.debug_exit(0x7F) == 0xFF
+
+
+class ScriptedVcpu:
+    """A vCPU whose KVM_RUN replays a list of exits written into a fake run page."""
+
+    index = 1
+
+    def __init__(self, script, flag):
+        import struct
+
+        self.page = bytearray(4096)
+        self.run_page = self.page
+        self.script = list(script)
+        self.flag = flag
+        self._struct = struct
+        self.io_in = []
+
+    def run_reason(self):
+        if not self.script:
+            self.flag.stopping = True
+            return exits.EXIT_INTR
+        kind, *args = self.script.pop(0)
+        if kind == "out":
+            port, size, value = args
+            self._struct.pack_into("<BBHIQ", self.page, exits.RUN_UNION, exits.IO_OUT, size, port, 1, 0x100)
+            self.page[0x100 : 0x100 + size] = value.to_bytes(size, "little")
+            return exits.EXIT_IO
+        if kind == "in":
+            port, size = args
+            self._struct.pack_into("<BBHIQ", self.page, exits.RUN_UNION, exits.IO_IN, size, port, 1, 0x200)
+            return exits.EXIT_IO
+        if kind == "intr":
+            return exits.EXIT_INTR
+        self._struct.pack_into("<I", self.page, exits.RUN_EXIT_REASON, exits.EXIT_SHUTDOWN)
+        return exits.EXIT_SHUTDOWN
+
+    def io_exit(self):
+        return self._struct.unpack_from("<BBHIQ", self.page, exits.RUN_UNION)
+
+    def complete_io_in(self, e, data):
+        self.io_in.append(data)
+
+
+def test_fast_loop_dispatches_port_io_and_falls_back_for_the_rest():
+    from pyvirt.vmm.vcpu_loop import StopFlag, run_vcpu
+
+    pio, _, stops, h = make()
+    reg = Reg(0xBEEF)
+    pio.register(0x80, 2, reg)
+    pio.register(0x100, 4, Broken())
+    flag = StopFlag()
+    v = ScriptedVcpu([("out", 0x80, 1, 0x42), ("intr",), ("in", 0x81, 2), ("out", 0x100, 4, 1),
+                      ("in", 0x100, 1), ("in", 0x3333, 4), ("shutdown",)], flag)
+    run_vcpu(v, h, flag)
+    assert reg.writes == [(0, 1, 0x42)]
+    assert h.device_errors == 2  # the broken device never takes the loop down
+    assert stops and stops[0][0] == exit_status.TRIPLE_FAULT
+    # the IN results were written into the run page: the last one, an unclaimed port, is all-ones
+    assert bytes(v.page[0x200:0x204]) == b"\xff" * 4

@@ -47,6 +47,9 @@ class Bus:
         self._ranges: list[BusRange] = []
         self._bases: list[int] = []
         self._warned: set[int] = set()
+        # address -> range (or None): the vCPU loop's lookups skip the bisect.
+        # Bounded, since MMIO addresses are many.
+        self._cache: dict[int, BusRange | None] = {}
         self.unclaimed_reads = 0
         self.unclaimed_writes = 0
 
@@ -63,13 +66,25 @@ class Bus:
                 )
         self._ranges.insert(i, new)
         self._bases.insert(i, base)
+        self._cache.clear()
 
     def unregister(self, base: int) -> None:
         i = bisect.bisect_left(self._bases, base)
         if i < len(self._bases) and self._bases[i] == base:
             del self._ranges[i], self._bases[i]
+            self._cache.clear()
 
     def find(self, addr: int) -> BusRange | None:
+        try:
+            return self._cache[addr]
+        except KeyError:
+            pass
+        r = self._search(addr)
+        if len(self._cache) < 65536:
+            self._cache[addr] = r
+        return r
+
+    def _search(self, addr: int) -> BusRange | None:
         i = bisect.bisect_right(self._bases, addr) - 1
         if i >= 0:
             r = self._ranges[i]

@@ -6,6 +6,7 @@ import ctypes
 import errno
 import mmap
 import os
+import struct
 from typing import TYPE_CHECKING, Iterable
 
 from . import exits
@@ -21,6 +22,9 @@ import fcntl
 
 _KVM_RUN = k.KVM_RUN
 _INTR = exits.Interrupted()
+_ioctl_fast = fcntl.ioctl
+_REASON = struct.Struct("<I").unpack_from
+_IO = struct.Struct("<BBHIQ").unpack_from
 
 
 class Vcpu:
@@ -47,6 +51,24 @@ class Vcpu:
                 return _INTR
             raise KvmError("KVM_RUN", e.errno or errno.EIO) from e
         return exits.decode(self.run_page)
+
+    def run_reason(self) -> int:
+        """KVM_RUN returning just the exit reason: the vCPU loop's fast path.
+
+        EINTR/EAGAIN come back as EXIT_INTR. Use `io_exit()` or
+        `exits.decode(self.run_page)` to read the details.
+        """
+        try:
+            _ioctl_fast(self.fd, _KVM_RUN, 0)
+        except OSError as e:
+            if e.errno in (errno.EINTR, errno.EAGAIN):
+                return exits.EXIT_INTR
+            raise KvmError("KVM_RUN", e.errno or errno.EIO) from e
+        return _REASON(self.run_page, exits.RUN_EXIT_REASON)[0]
+
+    def io_exit(self) -> tuple[int, int, int, int, int]:
+        """(direction, size, port, count, data_offset) of the current KVM_EXIT_IO."""
+        return _IO(self.run_page, exits.RUN_UNION)
 
     def set_immediate_exit(self, on: bool) -> None:
         """kvm_run.immediate_exit: make the next KVM_RUN return EINTR at once."""

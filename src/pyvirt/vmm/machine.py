@@ -27,7 +27,7 @@ from . import exit_status
 from .config import ConfigError, VmConfig
 from .console import Console
 from .report import describe_vcpu
-from .vcpu_loop import ExitHandler, run_vcpu
+from .vcpu_loop import ExitHandler, StopFlag, run_vcpu
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class Machine:
         self.reason = ""
         self._stop_lock = threading.Lock()
         self._stopping = False
+        self._flag = StopFlag()
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.threads: list[threading.Thread] = []
         self.vcpus: list[kvm.Vcpu] = []
@@ -216,6 +217,7 @@ class Machine:
             if self._stopping:
                 return
             self._stopping = True
+            self._flag.stopping = True
             self.status = status
             self.reason = reason
         if vcpu_index is not None and 0 <= vcpu_index < len(self.vcpus):
@@ -267,7 +269,7 @@ class Machine:
 
     def _vcpu_main(self, vcpu: kvm.Vcpu, handler: ExitHandler) -> None:
         try:
-            run_vcpu(vcpu, handler, self.is_stopping)
+            run_vcpu(vcpu, handler, self._flag)
         except Exception as e:  # a KVM_RUN failure: report, end the VM
             log.debug("vCPU %d failed", vcpu.index, exc_info=True)
             self.stop(exit_status.UNHANDLED_EXIT, f"vCPU {vcpu.index}: {e}", vcpu.index)
