@@ -152,3 +152,37 @@ def test_no_kvm_device(image):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert "modprobe kvm_intel" in r.stderr
+
+
+def test_stdin_reaches_the_guest_uart(image):
+    r = run_pyvirt(["run", "--kernel", image(images.ECHO_UNTIL_Q)], input=b"abc q")
+    assert (r.status, r.stdout) == (1, "abc q")
+
+
+def test_serial_socket_is_interactive(image, tmp_path):
+    import socket
+
+    path = tmp_path / "console.sock"
+    p = _spawn(["run", "--kernel", image(images.ECHO_UNTIL_Q), "--serial", f"socket:{path}"],
+               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(str(path))
+        s.settimeout(20)
+        got = b""
+        for i, ch in enumerate(b"hello"):  # one at a time: the guest echoes each byte as it arrives
+            s.sendall(bytes([ch]))
+            while len(got) <= i:
+                got += s.recv(16)
+        s.sendall(b"q")
+        assert got == b"hello"
+        assert p.wait(timeout=20) == 1
+        s.close()
+        assert not path.exists()  # the socket is removed on exit
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()

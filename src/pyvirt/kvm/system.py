@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from pathlib import Path
 
 from . import ioctls as k
 from . import structs as s
@@ -22,9 +21,8 @@ def backend() -> str:
     never run on ordinary hosts, so the answer comes from the loaded modules,
     not from a guess about the CPU.
     """
-    mods = Path("/sys/module")
     for name in ("kvm_pvm", "kvm_intel", "kvm_amd"):
-        if (mods / name).exists():
+        if os.path.exists(f"/sys/module/{name}"):
             return name
     return "unknown"
 

@@ -57,3 +57,6 @@ def print_then_exit(text: bytes, value: int) -> bytes:
 def print_then_hang(text: bytes) -> bytes:
     """Write `text` to COM1, then halt with interrupts off until stopped from outside."""
     return print_text(text) + HANG
+
+# Poll COM1's LSR for data, echo each byte back, exit(0) after echoing 'q'.
+ECHO_UNTIL_Q = bytes.fromhex("66bafd03eca80174fb66baf803ecee3c7175edb000e6f4f4ebfd")

@@ -6,11 +6,9 @@ is reported with the setting's name and what to do instead.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 PAGE_SIZE = 4096
 
@@ -82,17 +80,20 @@ class VmConfig:
     @classmethod
     def from_file(cls, path: str) -> "VmConfig":
         try:
-            data = json.loads(Path(path).read_text())
+            import json  # only needed for --config; keeps `pyvirt run` start-up lean
+
+            with open(path) as f:
+                data = json.load(f)
         except OSError as e:
             raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
-        except json.JSONDecodeError as e:
+        except ValueError as e:  # json.JSONDecodeError
             raise ConfigError(f"config file {path} is not valid JSON: {e}") from e
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path}: expected a JSON object")
-        return cls.from_dict(data, base=Path(path).parent)
+        return cls.from_dict(data, base=os.path.dirname(os.path.abspath(path)))
 
     @classmethod
-    def from_dict(cls, data: dict, base: Path | None = None) -> "VmConfig":
+    def from_dict(cls, data: dict, base: str | None = None) -> "VmConfig":
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -104,7 +105,7 @@ class VmConfig:
             elif key == "serial":
                 value = SerialConfig.parse(value) if isinstance(value, str) else SerialConfig(**value)
             elif key in ("kernel", "initrd") and value and base is not None and not os.path.isabs(value):
-                value = str(base / value)
+                value = os.path.join(base, value)
             elif key in ("cpus", "debug_exit_port") and not isinstance(value, int):
                 raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
             setattr(cfg, key, value)

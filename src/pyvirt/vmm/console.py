@@ -8,11 +8,13 @@ In a terminal the console is interactive like QEMU's -nographic: raw mode
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import termios
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import socket
 
 from .config import SerialConfig
 
@@ -31,8 +33,8 @@ class Console:
         self._out_fd = -1
         self._in_fd = -1
         self._saved_tty: list | None = None
-        self._listener: socket.socket | None = None
-        self._client: socket.socket | None = None
+        self._listener: "socket.socket | None" = None
+        self._client: "socket.socket | None" = None
         self._escape = False
         self._lock = threading.Lock()
         self.interactive = False
@@ -46,6 +48,7 @@ class Console:
         elif cfg.kind == "file":
             self._out_fd = os.open(cfg.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         elif cfg.kind == "socket":
+            import socket
             if os.path.exists(cfg.path):
                 os.unlink(cfg.path)
             self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -15,7 +15,6 @@ import signal
 import struct
 import sys
 import threading
-from pathlib import Path
 
 from .. import kvm
 from ..arch.x86 import boot_cpu, layout
@@ -51,13 +50,23 @@ def host_memory_limit() -> int:
     """RAM plus swap of the host: more guest memory than this cannot be backed."""
     total = 0
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        with open("/proc/meminfo") as f:
+            lines = f.read().splitlines()
+        for line in lines:
             key, _, rest = line.partition(":")
             if key in ("MemTotal", "SwapTotal"):
                 total += int(rest.split()[0]) * 1024
     except OSError:
         return 1 << 62
     return total
+
+
+def _read_file(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from e
 
 
 class Machine:
@@ -92,8 +101,8 @@ class Machine:
                 f"{cfg.memory >> 20} MiB of guest memory requested but the host has only "
                 f"{limit >> 20} MiB of RAM and swap; lower --memory"
             )
-        kernel = Path(cfg.kernel).read_bytes()
-        initrd = Path(cfg.initrd).read_bytes() if cfg.initrd else None
+        kernel = _read_file(cfg.kernel, "kernel")
+        initrd = _read_file(cfg.initrd, "initrd") if cfg.initrd else None
 
         self.vm = self.kvm.create_vm()
         try:
