@@ -11,7 +11,6 @@ union at 32.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 EXIT_UNKNOWN = 0
 EXIT_EXCEPTION = 1
@@ -52,57 +51,97 @@ SYSTEM_EVENT_RESET = 2
 SYSTEM_EVENT_CRASH = 3
 
 
-@dataclass(frozen=True, slots=True)
-class IoIn:
+class _Exit:
+    """Base of the exit records: immutable, compared and printed by field.
+
+    Plain slotted classes rather than dataclasses: one is created on every
+    exit, and defining a dozen frozen dataclasses costs VMM start-up time.
+    """
+
+    __slots__: tuple[str, ...] = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, n) for n in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self._values() == other._values()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self._values()))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self.__slots__)})"
+
+
+_set = object.__setattr__
+
+
+class IoIn(_Exit):
     """The guest executed IN (count > 1 for REP INS); data goes at data_offset."""
 
-    port: int
-    size: int
-    count: int
-    data_offset: int
+    __slots__ = ("port", "size", "count", "data_offset")
+
+    def __init__(self, port: int, size: int, count: int, data_offset: int) -> None:
+        _set(self, "port", port)
+        _set(self, "size", size)
+        _set(self, "count", count)
+        _set(self, "data_offset", data_offset)
 
 
-@dataclass(frozen=True, slots=True)
-class IoOut:
+class IoOut(_Exit):
     """The guest executed OUT; `data` holds count * size bytes."""
 
-    port: int
-    size: int
-    data: bytes
+    __slots__ = ("port", "size", "data")
+
+    def __init__(self, port: int, size: int, data: bytes) -> None:
+        _set(self, "port", port)
+        _set(self, "size", size)
+        _set(self, "data", data)
 
 
-@dataclass(frozen=True, slots=True)
-class MmioRead:
-    addr: int
-    size: int
+class MmioRead(_Exit):
+    __slots__ = ("addr", "size")
+
+    def __init__(self, addr: int, size: int) -> None:
+        _set(self, "addr", addr)
+        _set(self, "size", size)
 
 
-@dataclass(frozen=True, slots=True)
-class MmioWrite:
-    addr: int
-    data: bytes
+class MmioWrite(_Exit):
+    __slots__ = ("addr", "data")
+
+    def __init__(self, addr: int, data: bytes) -> None:
+        _set(self, "addr", addr)
+        _set(self, "data", data)
 
 
-@dataclass(frozen=True, slots=True)
-class Hlt:
-    pass
+class Hlt(_Exit):
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Shutdown:
+class Shutdown(_Exit):
     """Triple fault (or another shutdown condition) in the guest."""
 
-
-@dataclass(frozen=True, slots=True)
-class FailEntry:
-    reason: int
-    cpu: int
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class InternalError:
-    suberror: int
-    data: tuple[int, ...]
+class FailEntry(_Exit):
+    __slots__ = ("reason", "cpu")
+
+    def __init__(self, reason: int, cpu: int) -> None:
+        _set(self, "reason", reason)
+        _set(self, "cpu", cpu)
+
+
+class InternalError(_Exit):
+    __slots__ = ("suberror", "data")
+
+    def __init__(self, suberror: int, data: tuple[int, ...]) -> None:
+        _set(self, "suberror", suberror)
+        _set(self, "data", tuple(data))
 
     def describe(self) -> str:
         kinds = {
@@ -114,20 +153,25 @@ class InternalError:
         return kinds.get(self.suberror, f"suberror {self.suberror}")
 
 
-@dataclass(frozen=True, slots=True)
-class SystemEvent:
-    type: int
-    data: tuple[int, ...]
+class SystemEvent(_Exit):
+    __slots__ = ("type", "data")
+
+    def __init__(self, type: int, data: tuple[int, ...]) -> None:
+        _set(self, "type", type)
+        _set(self, "data", tuple(data))
 
 
-@dataclass(frozen=True, slots=True)
-class Interrupted:
+class Interrupted(_Exit):
     """KVM_RUN returned EINTR or KVM_EXIT_INTR: a signal asked us to look up."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
-class Other:
-    reason: int
+
+class Other(_Exit):
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: int) -> None:
+        _set(self, "reason", reason)
 
     @property
     def name(self) -> str:
