@@ -85,6 +85,9 @@ class Machine:
         self.pio = Bus("port I/O")
         self.mmio = Bus("MMIO")
         self.backend = kvm.backend()
+        from . import pvm
+
+        self.pvm = pvm.wanted(cfg.pvm, self.backend)
         self._build()
 
     # --- building -----------------------------------------------------------
@@ -168,10 +171,20 @@ class Machine:
         else:  # the EBDA has room for about 40 vCPUs; bigger guests find them in ACPI
             log.info("%d vCPUs do not fit in an MP table; announcing them through ACPI only", self.cfg.cpus)
         self.rsdp = build_acpi(self.mem, self.cfg.cpus)
+        is_linux = kernel[0x202:0x206] == b"HdrS"
+        cmdline = self.cfg.cmdline
         try:
-            self.boot = load_kernel(self.mem, kernel, mem_size=self.cfg.memory, cmdline=self.cfg.cmdline,
-                                    initrd=initrd, rsdp_addr=self.rsdp,
-                                    kernel_name=self.cfg.kernel, initrd_name=self.cfg.initrd or "initrd")
+            if self.pvm and is_linux:
+                from ..boot.direct import load_bzimage_direct
+                from .pvm import kernel_cmdline
+
+                # Emulated, the kernel's own decompressor takes minutes: decompress here.
+                self.boot = load_bzimage_direct(self.mem, kernel, mem_size=self.cfg.memory,
+                                                cmdline=kernel_cmdline(cmdline), initrd=initrd, rsdp_addr=self.rsdp)
+            else:
+                self.boot = load_kernel(self.mem, kernel, mem_size=self.cfg.memory, cmdline=cmdline,
+                                        initrd=initrd, rsdp_addr=self.rsdp,
+                                        kernel_name=self.cfg.kernel, initrd_name=self.cfg.initrd or "initrd")
         except BootError as e:
             raise VmError(f"{self.cfg.kernel}: {e}") from e
         log.info("loaded %s kernel, entry %#x (%s)", self.boot.protocol, self.boot.entry, self.boot.mode)
@@ -246,7 +259,12 @@ class Machine:
 
     def run(self) -> int:
         """Run until the VM ends; returns the exit status."""
-        handler = ExitHandler(self.pio, self.mmio, self.stop)
+        assist = None
+        if self.pvm:
+            from .pvm import PvmAssist
+
+            assist = PvmAssist(self.mem)
+        handler = ExitHandler(self.pio, self.mmio, self.stop, assist=assist)
         old_handlers = {}
         in_main = threading.current_thread() is threading.main_thread()
         if in_main:
