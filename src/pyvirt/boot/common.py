@@ -66,6 +66,7 @@ class Area:
 
 BOOT_AREAS: tuple[Area, ...] = (
     Area("real-mode IVT, BIOS data area and boot GDT/IDT", 0, 0x1000),
+    Area("Linux setup_data (RNG seed)", layout.SETUP_DATA, layout.SETUP_DATA + PAGE_SIZE),
     Area("PVH start info / multiboot info", layout.PVH_INFO, layout.PVH_INFO + PAGE_SIZE),
     Area("Linux boot_params (zero page)", layout.ZERO_PAGE, layout.ZERO_PAGE + PAGE_SIZE),
     Area("boot page tables", layout.PML4, layout.PD + 4 * PAGE_SIZE),

@@ -10,6 +10,8 @@ decompressor and its KASLR. Worth it where guest kernel code is emulated
 
 from __future__ import annotations
 
+import struct
+
 from pyvirt.arch.x86 import layout
 from pyvirt.memory import GuestMemory
 
@@ -17,6 +19,27 @@ from .bootparams import HDR_START, XLF_KERNEL_64, SetupHeader, build_zero_page
 from .common import BootError, BootSpec, encode_cmdline, place_initrd, write_cmdline
 from .elf import ELFCLASS64, EM_X86_64, entry_physical, load_segments, parse_elf
 from .payload import vmlinux_of
+
+
+SETUP_DATA_PTR = 0x250  # u64 in the setup header: head of the setup_data list
+SETUP_RNG_SEED = 9
+RNG_SEED_BYTES = 32
+
+
+def _with_rng_seed(mem: GuestMemory, zero_page: bytes) -> bytes:
+    """Hand the kernel 32 random bytes (setup_data SETUP_RNG_SEED).
+
+    Without them, and with RDRAND turned off for the CPL0 emulator, a kernel
+    spends a long time gathering entropy from timer jitter before its RNG is
+    ready; with them it is seeded at once.
+    """
+    import os
+
+    seed = os.urandom(RNG_SEED_BYTES)
+    mem.write(layout.SETUP_DATA, struct.pack("<QII", 0, SETUP_RNG_SEED, len(seed)) + seed)
+    bp = bytearray(zero_page)
+    struct.pack_into("<Q", bp, SETUP_DATA_PTR, layout.SETUP_DATA)
+    return bytes(bp)
 
 
 def load_bzimage_direct(
@@ -55,6 +78,8 @@ def load_bzimage_direct(
         rsdp_addr=rsdp_addr,
         code32_start=start,
     )
+    if hdr.version >= 0x209:  # setup_data exists since boot protocol 2.09
+        zero_page = _with_rng_seed(mem, zero_page)
     mem.write(layout.ZERO_PAGE, zero_page)
     return BootSpec(
         protocol="linux",

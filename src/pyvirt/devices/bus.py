@@ -10,31 +10,38 @@ never stop the VM.
 from __future__ import annotations
 
 import bisect
-import logging
-from dataclasses import dataclass
-from typing import Protocol
 
-log = logging.getLogger(__name__)
+from .._log import get_logger
+from .._record import FrozenRecord
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from .protocols import BusDevice
+
+log = get_logger(__name__)
 
 
-class BusDevice(Protocol):
-    """What a bus needs of a device: sized reads and writes at an offset."""
+def __getattr__(name: str) -> object:
+    if name == "BusDevice":  # the Protocol lives where the VMM's start path does not load it
+        from .protocols import BusDevice
 
-    def read(self, offset: int, size: int) -> int: ...
-
-    def write(self, offset: int, size: int, value: int) -> None: ...
+        return BusDevice
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class BusError(ValueError):
     """A range could not be registered (overlap or empty)."""
 
 
-@dataclass(frozen=True)
-class BusRange:
+class BusRange(FrozenRecord):
+    __slots__ = __match_args__ = ("base", "length", "device", "name")
     base: int
     length: int
     device: BusDevice
     name: str
+
+    def __init__(self, base: int, length: int, device: BusDevice, name: str) -> None:
+        self._init(base, length, device, name)
 
     @property
     def end(self) -> int:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .protocols import IrqLine
 
 
-class IrqLine(Protocol):
-    """A level-sensitive line into the interrupt controller."""
+def __getattr__(name: str) -> object:
+    if name == "IrqLine":  # the Protocol lives where the VMM's start path does not load it
+        from .protocols import IrqLine
 
-    def set_level(self, level: bool) -> None: ...
+        return IrqLine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class CallbackIrq:

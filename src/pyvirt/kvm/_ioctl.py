@@ -5,9 +5,12 @@ from __future__ import annotations
 import ctypes
 import errno as _errno
 import fcntl
-from typing import Any
 
 from .errors import KvmError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]

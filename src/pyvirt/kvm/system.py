@@ -11,6 +11,10 @@ from . import structs as s
 from ._ioctl import ioctl
 from .errors import KvmError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from .vm import Vm
+
 DEFAULT_PATH = "/dev/kvm"
 
 

@@ -7,7 +7,6 @@ import errno
 import mmap
 import os
 import struct
-from typing import TYPE_CHECKING, Iterable
 
 from . import exits
 from . import ioctls as k
@@ -15,7 +14,10 @@ from . import structs as s
 from ._ioctl import ioctl
 from .errors import KvmError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from .vm import Vm
 
 import fcntl

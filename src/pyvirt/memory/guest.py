@@ -6,24 +6,28 @@ import bisect
 import ctypes
 import mmap
 import struct
-from dataclasses import dataclass, field
-
+from .._record import Record
 from .errors import GuestMemoryError
 
 PAGE_SIZE = 4096
 
 
-@dataclass
-class Region:
-    """`size` bytes of host memory that the guest sees at `gpa`."""
+class Region(Record):
+    """`size` bytes of host memory that the guest sees at `gpa`; `view` is a
+    memoryview of `buf`."""
 
+    __slots__ = ("gpa", "size", "buf", "view")
+    __match_args__ = ("gpa", "size", "buf")
     gpa: int
     size: int
     buf: "mmap.mmap | bytearray"
-    view: memoryview = field(init=False, repr=False)
+    view: memoryview
 
-    def __post_init__(self) -> None:
-        self.view = memoryview(self.buf)
+    def __init__(self, gpa: int, size: int, buf: "mmap.mmap | bytearray") -> None:
+        self.gpa = gpa
+        self.size = size
+        self.buf = buf
+        self.view = memoryview(buf)
 
     @property
     def end(self) -> int:

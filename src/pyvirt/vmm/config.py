@@ -1,14 +1,18 @@
-"""VM configuration: one dataclass, filled from the command line or a JSON file.
+"""VM configuration: one record, filled from the command line or a JSON file.
 
 Validation happens here, before anything touches /dev/kvm, so a bad setting
 is reported with the setting's name and what to do instead.
+
+`VmConfig` and `SerialConfig` are plain records (`pyvirt._record`), not
+dataclasses, and sizes are parsed without `re`: this module is on the start
+path of every `pyvirt run`.
 """
 
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass, field, fields
+
+from .._record import Record
 
 PAGE_SIZE = 4096
 
@@ -17,27 +21,49 @@ class ConfigError(ValueError):
     """A setting is missing or invalid; the message names it."""
 
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+# A size is digits, optional blanks, an optional unit k/m/g/t, an optional "b" or
+# "ib", case-insensitively, with blanks around: the regular expression
+#     ^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$   (re.IGNORECASE)
+# which `_split_size` implements for ASCII text and `re` still serves otherwise.
+_SIZE_RE = r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$"
 _UNITS = {"": 1 << 20, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _split_size(text: str) -> tuple[str, str] | None:
+    """(digits, unit) of a size, or None if `text` is not one."""
+    if not text.isascii():
+        import re
+
+        m = re.match(_SIZE_RE, text, re.IGNORECASE)
+        return (m.group(1), m.group(2)) if m else None
+    rest = text.strip().lower()
+    n = len(rest) - len(rest.lstrip("0123456789"))
+    digits, rest = rest[:n], rest[n:].lstrip()
+    unit = rest[:1] if rest[:1] in ("k", "m", "g", "t") else ""
+    if not digits or rest[len(unit):] not in ("", "b", "ib"):
+        return None
+    return digits, unit
 
 
 def parse_size(text: "str | int", default_unit: str = "m") -> int:
     """'128M', '1G', '512' (MiB, as QEMU's -m) → bytes."""
     if isinstance(text, int):
         return text << 20 if default_unit == "m" else text
-    m = _SIZE.match(str(text))
-    if not m:
+    parts = _split_size(str(text))
+    if parts is None:
         raise ConfigError(f"memory size {text!r} is not a size: use e.g. 128M, 1G or 512 (MiB)")
-    n, unit = int(m.group(1)), m.group(2).lower()
+    n, unit = int(parts[0]), parts[1].lower()
     return n * (_UNITS[unit] if unit else _UNITS[default_unit])
 
 
-@dataclass
-class SerialConfig:
+class SerialConfig(Record):
     """Where COM1 goes: the terminal, a file, a unix socket, or nowhere."""
 
-    kind: str = "stdio"  # stdio | file | socket | null
-    path: str = ""
+    __slots__ = __match_args__ = ("kind", "path")
+
+    def __init__(self, kind: str = "stdio", path: str = "") -> None:
+        self.kind = kind  # stdio | file | socket | null
+        self.path = path
 
     @classmethod
     def parse(cls, text: str) -> "SerialConfig":
@@ -49,16 +75,20 @@ class SerialConfig:
         raise ConfigError(f"--serial {text!r}: use stdio, null, file:PATH or socket:PATH")
 
 
-@dataclass
-class VmConfig:
-    kernel: str = ""
-    initrd: str | None = None
-    cmdline: str = ""
-    memory: int = 128 << 20
-    cpus: int = 1
-    serial: SerialConfig = field(default_factory=SerialConfig)
-    debug_exit_port: int = 0xF4
-    pvm: str = "auto"  # auto | on | off: the kvm_pvm compatibility layer
+class VmConfig(Record):
+    __slots__ = __match_args__ = ("kernel", "initrd", "cmdline", "memory", "cpus", "serial", "debug_exit_port", "pvm")
+
+    def __init__(self, kernel: str = "", initrd: str | None = None, cmdline: str = "", memory: int = 128 << 20,
+                 cpus: int = 1, serial: SerialConfig | None = None, debug_exit_port: int = 0xF4,
+                 pvm: str = "auto") -> None:
+        self.kernel = kernel
+        self.initrd = initrd
+        self.cmdline = cmdline
+        self.memory = memory
+        self.cpus = cpus
+        self.serial = serial if serial is not None else SerialConfig()
+        self.debug_exit_port = debug_exit_port
+        self.pvm = pvm  # auto | on | off: the kvm_pvm compatibility layer
 
     def validate(self) -> None:
         if not self.kernel:
@@ -94,7 +124,7 @@ class VmConfig:
 
     @classmethod
     def from_dict(cls, data: dict, base: str | None = None) -> "VmConfig":
-        known = {f.name for f in fields(cls)}
+        known = set(cls.__match_args__)
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")

@@ -15,6 +15,7 @@ import signal
 import struct
 import sys
 import threading
+import time
 
 from .. import kvm
 from ..arch.x86 import boot_cpu, layout
@@ -265,6 +266,8 @@ class Machine:
 
             assist = PvmAssist(self.mem)
         handler = ExitHandler(self.pio, self.mmio, self.stop, assist=assist)
+        if assist is not None:
+            handler.tick = assist.tick
         old_handlers = {}
         in_main = threading.current_thread() is threading.main_thread()
         if in_main:
@@ -279,6 +282,8 @@ class Machine:
                 self.threads.append(t)
             for t in self.threads:
                 t.start()
+            if assist is not None:
+                threading.Thread(target=self._pvm_watch, args=(assist,), name="pvm-watch", daemon=True).start()
             self._serve()
         finally:
             # Whatever ended the main loop, no vCPU may outlive run(): close()
@@ -293,6 +298,19 @@ class Machine:
         if self.reason and self.status not in (None,) and not self.reason.startswith("the guest wrote"):
             log.info("%s", self.reason)
         return self.status if self.status is not None else exit_status.ERROR
+
+    def _pvm_watch(self, assist: object, period: float = 1.0) -> None:
+        """Once a second, interrupt the boot vCPU so the PVM layer can look at
+        guest state (its SYSCALL fix-up waits for the kernel's IDT and LSTAR)."""
+        t = self.threads[0]
+        while not self._flag.stopping:
+            time.sleep(period)
+            assist.due = True  # type: ignore[attr-defined]
+            if t.ident is not None and t.is_alive() and not self._flag.stopping:
+                try:
+                    signal.pthread_kill(t.ident, _KICK)
+                except (ProcessLookupError, OSError):
+                    return
 
     def _vcpu_main(self, vcpu: kvm.Vcpu, handler: ExitHandler) -> None:
         try:

@@ -99,17 +99,32 @@ def _code_at_rip(vcpu: "Vcpu", mem: "GuestMemory") -> tuple[bytes, int]:
 
 
 class PvmAssist:
-    """The exit assist the vCPU loop calls for exits it cannot handle itself."""
+    """The exit assist the vCPU loop calls for exits it cannot handle itself,
+    and its periodic `tick` (which plants the SYSCALL fix-up)."""
 
     def __init__(self, mem: "GuestMemory") -> None:
         self.mem = mem
         self.counts: dict[str, int] = {}
+        self.syscall = SyscallFixup(mem)
+        self.due = False
+
+    def tick(self, vcpu: "Vcpu") -> None:
+        """Called on the boot vCPU's thread when a signal interrupted KVM_RUN."""
+        if not self.due or vcpu.index != 0:
+            return
+        self.due = False
+        try:
+            self.syscall.refresh(vcpu)
+        except OSError as e:
+            log.debug("kvm_pvm: SYSCALL hook refresh failed: %s", e)
 
     def __call__(self, vcpu: "Vcpu", e: exits.Exit) -> bool:
         if not isinstance(e, exits.InternalError) or e.suberror != exits.INTERNAL_ERROR_EMULATION:
             return False
         try:
             code, rip = _code_at_rip(vcpu, self.mem)
+            if code[:1] == b"\xcc" and self.syscall.handle(vcpu, rip):
+                return True
         except OSError:
             return False
         for prefix, name in SKIP.items():
@@ -137,3 +152,126 @@ class PvmAssist:
         self.counts[name] = n
         if n == 1:
             log.info("kvm_pvm: emulating %s for the guest (first time)", name)
+
+
+# --- SYSCALL from user mode ---------------------------------------------------
+# Under kvm_pvm a SYSCALL at CPL3 loads RIP from MSR_LSTAR but leaves CS at
+# CPL3, so the kernel's entry point faults at once (#PF, user mode, RIP ==
+# CR2 == LSTAR). pyvirt finishes the transition: it plants an int3 (which
+# the emulator cannot run, so it exits to us) on the first instruction of the
+# guest's #PF handler, found through IDTR and gate 14. At that exit, a frame
+# showing exactly this fault is turned into the SYSCALL the guest meant (CS and
+# SS from MSR_STAR, RFLAGS masked by MSR_SYSCALL_MASK, RIP = LSTAR, the user's
+# RSP); any other #PF continues into the handler past the planted byte.
+
+MSR_STAR = 0xC0000081
+MSR_LSTAR = 0xC0000082
+MSR_SYSCALL_MASK = 0xC0000084
+PF_VECTOR = 14
+
+# Instructions a kernel starts its #PF entry with that pyvirt can step over in
+# place of the byte it replaced: NOPs (what ASM_CLAC becomes without SMAP),
+# ENDBR64, and CLD (which clears DF).
+_DISPLACEABLE = {
+    bytes.fromhex("90"): "nop",
+    bytes.fromhex("0f1f00"): "nop3",
+    bytes.fromhex("0f1f4000"): "nop4",
+    bytes.fromhex("0f1f440000"): "nop5",
+    bytes.fromhex("660f1f440000"): "nop6",
+    bytes.fromhex("f30f1efa"): "endbr64",
+    bytes.fromhex("fc"): "cld",
+}
+RFLAGS_DF = 1 << 10
+
+
+def _decode_displaced(code: bytes) -> bytes | None:
+    for insn in sorted(_DISPLACEABLE, key=len, reverse=True):
+        if code.startswith(insn):
+            return insn
+    return None
+
+
+class SyscallFixup:
+    """Finds the guest's #PF handler, plants the int3 and undoes the broken SYSCALL."""
+
+    def __init__(self, mem: "GuestMemory") -> None:
+        self.mem = mem
+        self.handler_va = 0
+        self.handler_pa = 0
+        self.displaced = b""
+        self.lstar = 0
+        self.fixed = 0
+        self.faults = 0
+
+    def refresh(self, vcpu: "Vcpu") -> None:
+        """(Re)plant the hook once the kernel has its syscall entry and IDT."""
+        lstar = vcpu.get_msrs([MSR_LSTAR]).get(MSR_LSTAR, 0)
+        if not lstar:
+            return
+        sregs = vcpu.get_sregs()
+        if sregs.idt.limit < PF_VECTOR * 16 + 15:
+            return
+        gate_pa = vcpu.translate(sregs.idt.base + PF_VECTOR * 16)
+        if gate_pa is None or not self.mem.contains(gate_pa, 16):
+            return
+        lo, hi = struct.unpack("<QQ", self.mem.read(gate_pa, 16))
+        va = (lo & 0xFFFF) | ((lo >> 32) & 0xFFFF0000) | ((hi & 0xFFFFFFFF) << 32)
+        pa = vcpu.translate(va)
+        if pa is None or not self.mem.contains(pa, 16):
+            return
+        current = self.mem.read(pa, 16)
+        if va == self.handler_va and current[0] == 0xCC:
+            return  # still in place
+        insn = _decode_displaced(current)
+        if insn is None:
+            if va != self.handler_va:
+                log.warning("kvm_pvm: cannot hook the guest's #PF handler (starts with %s); "
+                            "system calls from user space will fail", current[:6].hex(" "))
+                self.handler_va = va
+            return
+        self.lstar, self.handler_va, self.handler_pa, self.displaced = lstar, va, pa, insn
+        self.mem.write(pa, b"\xcc")
+        log.info("kvm_pvm: SYSCALL fix-up hooked at #PF handler %#x (LSTAR %#x)", va, lstar)
+
+    def handle(self, vcpu: "Vcpu", rip: int) -> bool:
+        """Called at an emulation failure; True if it was our int3."""
+        if not self.handler_va or rip != self.handler_va:
+            return False
+        regs = vcpu.get_regs()
+        sregs = vcpu.get_sregs()
+        frame = None
+        frame_pa = vcpu.translate(regs.rsp)
+        if frame_pa is not None and self.mem.contains(frame_pa, 48) and (frame_pa & 0xFFF) <= 4096 - 48:
+            frame = struct.unpack("<6Q", self.mem.read(frame_pa, 48))
+        if frame is not None:
+            _err, f_rip, f_cs, f_rflags, f_rsp, _f_ss = frame
+            if f_cs & 3 == 3 and f_rip == self.lstar and sregs.cr2 == self.lstar:
+                self._complete_syscall(vcpu, regs, sregs, f_rflags, f_rsp)
+                return True
+        # A genuine page fault: carry on past the instruction we displaced.
+        self.faults += 1
+        regs.rip = rip + len(self.displaced)
+        if self.displaced == b"\xfc":
+            regs.rflags &= ~RFLAGS_DF
+        vcpu.set_regs(regs)
+        return True
+
+    def _complete_syscall(self, vcpu: "Vcpu", regs: object, sregs: object, user_rflags: int, user_rsp: int) -> None:
+        msrs = vcpu.get_msrs([MSR_STAR, MSR_SYSCALL_MASK])
+        kernel_cs = (msrs.get(MSR_STAR, 0) >> 32) & 0xFFFC
+        mask = msrs.get(MSR_SYSCALL_MASK, 0)
+        cs, ss = sregs.cs, sregs.ss  # type: ignore[attr-defined]
+        cs.selector, cs.dpl, cs.l, cs.db, cs.type, cs.s, cs.present = kernel_cs, 0, 1, 0, 0xB, 1, 1
+        cs.base, cs.limit, cs.g = 0, 0xFFFFFFFF, 1
+        ss.selector, ss.dpl, ss.db, ss.type, ss.s, ss.present = kernel_cs + 8, 0, 1, 0x3, 1, 1
+        ss.base, ss.limit, ss.g, ss.unusable = 0, 0xFFFFFFFF, 1, 0
+        vcpu.set_sregs(sregs)  # type: ignore[arg-type]
+        regs.rip = self.lstar  # type: ignore[attr-defined]
+        regs.rsp = user_rsp  # type: ignore[attr-defined]
+        if not regs.r11 & 2:  # type: ignore[attr-defined]  # SYSCALL saves RFLAGS in R11; bit 1 is always set there
+            regs.r11 = user_rflags | 2  # type: ignore[attr-defined]
+        regs.rflags = (user_rflags & ~mask) | 2  # type: ignore[attr-defined]
+        vcpu.set_regs(regs)  # type: ignore[arg-type]
+        self.fixed += 1
+        if self.fixed == 1:
+            log.info("kvm_pvm: completed the first user-mode SYSCALL (rcx=%#x)", regs.rcx)  # type: ignore[attr-defined]

@@ -7,8 +7,7 @@ a bare exit code.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from ..kvm import Vcpu
     from ..memory import GuestMemory

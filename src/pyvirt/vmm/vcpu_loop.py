@@ -30,6 +30,7 @@ class ExitHandler:
         self.mmio = mmio
         self.stop = stop
         self.assist = assist  # a host-compat layer may resolve some exits (returns True if it did)
+        self.tick: Callable[["Vcpu"], None] | None = None  # run when a signal interrupted KVM_RUN
         self.device_errors = 0
 
     def handle(self, vcpu: "Vcpu", e: exits.Exit) -> None:
@@ -119,8 +120,10 @@ def run_vcpu(vcpu: "Vcpu", handler: ExitHandler, flag: StopFlag) -> None:
     while not flag.stopping:
         reason = run()
         if reason != EXIT_IO:
-            if reason != EXIT_INTR:  # a signal: just look at the flag again
+            if reason != EXIT_INTR:
                 handle(vcpu, decode(page))
+            elif handler.tick is not None:  # a signal: periodic work, then the stop flag
+                handler.tick(vcpu)
             continue
         direction, size, port, count, off = io_exit()
         if count != 1:

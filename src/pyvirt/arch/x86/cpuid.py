@@ -6,9 +6,10 @@ that list into one vCPU's table: a single package of `ncpus` cores with one
 thread each, APIC id = x2APIC id = vCPU index, the hypervisor bit and KVM's
 signature, and no PMU or power-management features the VMM does not model.
 
-Everything here is plain data (`CpuidEntry`) so it is testable without
-/dev/kvm; the VMM converts to and from `kvm_cpuid_entry2` at the edge (see
-`CpuidEntry.from_struct`). Functions never modify their input entries.
+Everything here is plain data (`CpuidEntry`, a record rather than a
+dataclass since the VMM builds tables at every start) so it is testable
+without /dev/kvm; the VMM converts to and from `kvm_cpuid_entry2` at the edge
+(see `CpuidEntry.from_struct`). Functions never modify their input entries.
 
 References: Intel SDM vol. 2A "CPUID"; AMD APM vol. 3 appendix E; the Linux
 kernel's Documentation/virt/kvm/x86/cpuid.rst for the 0x40000000 leaves.
@@ -16,9 +17,12 @@ kernel's Documentation/virt/kvm/x86/cpuid.rst for the 0x40000000 leaves.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any, Iterable
+from ..._record import Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
 
 # kvm_cpuid_entry2.flags: the leaf's output depends on ECX (the subleaf).
 FLAG_SIGNIFICANT_INDEX = 1
@@ -68,17 +72,20 @@ CLEARED_BITS = {
 }
 
 
-@dataclass
-class CpuidEntry:
+class CpuidEntry(Record):
     """One CPUID leaf/subleaf, as in struct kvm_cpuid_entry2 (minus padding)."""
 
-    function: int
-    index: int = 0
-    flags: int = 0
-    eax: int = 0
-    ebx: int = 0
-    ecx: int = 0
-    edx: int = 0
+    __slots__ = __match_args__ = ("function", "index", "flags", "eax", "ebx", "ecx", "edx")
+
+    def __init__(self, function: int, index: int = 0, flags: int = 0,
+                 eax: int = 0, ebx: int = 0, ecx: int = 0, edx: int = 0) -> None:
+        self.function = function
+        self.index = index
+        self.flags = flags
+        self.eax = eax
+        self.ebx = ebx
+        self.ecx = ecx
+        self.edx = edx
 
     @classmethod
     def from_struct(cls, s: Any) -> "CpuidEntry":
@@ -86,7 +93,13 @@ class CpuidEntry:
         return cls(s.function, s.index, s.flags, s.eax, s.ebx, s.ecx, s.edx)
 
     def copy(self, **changes: int) -> "CpuidEntry":
-        return dataclasses.replace(self, **changes)
+        """A new entry with the same fields but `changes` (as dataclasses.replace)."""
+        e = CpuidEntry(self.function, self.index, self.flags, self.eax, self.ebx, self.ecx, self.edx)
+        for name, value in changes.items():
+            if name not in self.__match_args__:
+                raise TypeError(f"CpuidEntry has no field {name!r}")
+            setattr(e, name, value)
+        return e
 
     def matches(self, function: int, index: int) -> bool:
         """Whether CPUID(function, index) returns this entry."""

@@ -7,7 +7,7 @@ left for MMIO (IOAPIC, LAPIC, PCI), and RAM beyond 3 GiB continues at 4 GiB.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ..._record import FrozenRecord
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -15,6 +15,7 @@ GiB = 1024 * MiB
 
 BOOT_GDT = 0x500  # boot GDT: null, code32 0x08, code64 0x10, data 0x18, TSS 0x20 (see boot_cpu.py)
 BOOT_IDT = 0x530  # empty IDT: a fault before the guest loads its own is a triple fault
+SETUP_DATA = 0x5000  # Linux setup_data list (the RNG seed)
 PVH_INFO = 0x6000  # hvm_start_info, then its memory map and module list
 MULTIBOOT_INFO = 0x6000  # multiboot info block (a kernel uses one protocol at a time)
 ZERO_PAGE = 0x7000  # Linux struct boot_params
@@ -44,23 +45,29 @@ E820_ACPI = 3
 E820_NVS = 4
 
 
-@dataclass(frozen=True)
-class E820Entry:
+class E820Entry(FrozenRecord):
+    __slots__ = __match_args__ = ("addr", "size", "type")
     addr: int
     size: int
     type: int
+
+    def __init__(self, addr: int, size: int, type: int) -> None:
+        self._init(addr, size, type)
 
     @property
     def end(self) -> int:
         return self.addr + self.size
 
 
-@dataclass(frozen=True)
-class RamRange:
+class RamRange(FrozenRecord):
     """A stretch of guest RAM backed by one memory region."""
 
+    __slots__ = __match_args__ = ("gpa", "size")
     gpa: int
     size: int
+
+    def __init__(self, gpa: int, size: int) -> None:
+        self._init(gpa, size)
 
 
 def ram_ranges(mem_size: int) -> list[RamRange]:

@@ -7,9 +7,28 @@ every model funnels accesses through the same small checks, and every
 
 from __future__ import annotations
 
-from typing import Callable
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 VALID_SIZES = (1, 2, 4)
+
+
+def lazy_states(module: str, names: tuple[str, ...]) -> Callable[[str], object]:
+    """A module `__getattr__` that loads the records `names` from states.py on first use.
+
+    Device modules export their `XState` this way so that building a device
+    does not import `dataclasses` (see states.py).
+    """
+
+    def __getattr__(name: str) -> object:
+        if name in names:
+            from . import states
+
+            return getattr(states, name)
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__
 
 
 def ones(size: int) -> int:

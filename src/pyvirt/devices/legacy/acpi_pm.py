@@ -28,11 +28,17 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable
 
-from ..irq import IrqLine
-from ._common import VALID_SIZES, check_int, check_state_type, ones, register_slice
+from ._common import VALID_SIZES, check_int, check_state_type, lazy_states, ones, register_slice
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..protocols import IrqLine
+    from .states import AcpiPmState
+
+__getattr__ = lazy_states(__name__, ("AcpiPmState",))
 
 PORT = 0x600
 LENGTH = 12
@@ -58,18 +64,9 @@ _TIMER_MSB_SHIFT = 23
 _TICKS_LIMIT = 2**64 - 1
 
 
-@dataclass(frozen=True)
-class AcpiPmState:
-    status: int = 0
-    enable: int = 0
-    control: int = 0
-    timer_ticks: int = 0  # counter value at save time, before the 24-bit wrap
-    version: int = 1
-
-
 class AcpiPm:
     LENGTH = LENGTH
-    # Registers and timer origin, loaded from an AcpiPmState by _load.
+    # Registers and timer origin: power-on values from _reset, an AcpiPmState's from _load.
     _status: int
     _enable: int
     _control: int
@@ -87,7 +84,7 @@ class AcpiPm:
         self._clock = clock
         self._lock = threading.Lock()
         self._poweroffs = self._resets = 0
-        self._load(AcpiPmState())
+        self._reset()
 
     def read(self, offset: int, size: int) -> int:
         if size not in VALID_SIZES or not 0 <= offset < LENGTH:
@@ -169,6 +166,8 @@ class AcpiPm:
 
     # -- state -----------------------------------------------------------
     def state(self) -> AcpiPmState:
+        from .states import AcpiPmState
+
         with self._lock:
             ticks = self._fold_timer()
             self._update_sci()  # the fold may have set TMR_STS; keep the line in step with the state
@@ -176,6 +175,8 @@ class AcpiPm:
                                timer_ticks=ticks & _TICKS_LIMIT)
 
     def restore(self, state: AcpiPmState) -> None:
+        from .states import AcpiPmState
+
         check_state_type(state, AcpiPmState)
         for name, mask in (("status", STS_MASK), ("enable", EN_MASK), ("control", CNT_STORED)):
             value = check_int(f"acpi_pm {name}", getattr(state, name), 0, 0xFFFF)
@@ -186,8 +187,15 @@ class AcpiPm:
             self._load(state)
             self._update_sci(force=True)
 
+    def _reset(self) -> None:
+        """The power-on values (AcpiPmState's defaults)."""
+        self._set(status=0, enable=0, control=0, timer_ticks=0)
+
     def _load(self, s: AcpiPmState) -> None:
-        self._status, self._enable, self._control = s.status, s.enable, s.control
+        self._set(s.status, s.enable, s.control, s.timer_ticks)
+
+    def _set(self, status: int, enable: int, control: int, timer_ticks: int) -> None:
+        self._status, self._enable, self._control = status, enable, control
         self._t0 = self._clock()
-        self._tick_base = self._high_water = s.timer_ticks
-        self._tmr_epoch = s.timer_ticks >> _TIMER_MSB_SHIFT
+        self._tick_base = self._high_water = timer_ticks
+        self._tmr_epoch = timer_ticks >> _TIMER_MSB_SHIFT

@@ -8,20 +8,18 @@ Reads return all-ones, as on QEMU.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from ._common import VALID_SIZES, check_state_type, lazy_states, ones
 
-from ._common import VALID_SIZES, check_state_type, ones
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .states import DebugExitState
+
+__getattr__ = lazy_states(__name__, ("DebugExitState",))
 
 PORT = 0xF4
 LENGTH = 1
-
-
-@dataclass(frozen=True)
-class DebugExitState:
-    """Nothing to keep: present so every device passes the same state checks."""
-
-    version: int = 1
 
 
 class DebugExit:
@@ -38,7 +36,11 @@ class DebugExit:
             self._on_exit(value & ones(size))
 
     def state(self) -> DebugExitState:
+        from .states import DebugExitState
+
         return DebugExitState()
 
     def restore(self, state: DebugExitState) -> None:
+        from .states import DebugExitState
+
         check_state_type(state, DebugExitState)

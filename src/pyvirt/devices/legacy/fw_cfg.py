@@ -30,9 +30,14 @@ from __future__ import annotations
 
 import struct
 import threading
-from dataclasses import dataclass
 
-from ._common import VALID_SIZES, check_int, check_state_type, ones
+from ._common import VALID_SIZES, check_int, check_state_type, lazy_states, ones
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from .states import FwCfgState
+
+__getattr__ = lazy_states(__name__, ("FwCfgState",))
 
 PORT = 0x510
 LENGTH = 2
@@ -42,13 +47,6 @@ FILE_LAST = 0x3FFF  # bit 14 would make it the write channel
 ID_TRADITIONAL = 0x01
 MAX_NAME = 55  # name[56] keeps room for the NUL
 _DIR_ENTRY = struct.Struct(">IHH56s")
-
-
-@dataclass(frozen=True)
-class FwCfgState:
-    selector: int = 0
-    offset: int = 0
-    version: int = 1
 
 
 class FwCfg:
@@ -140,10 +138,14 @@ class FwCfg:
 
     # -- state -----------------------------------------------------------
     def state(self) -> FwCfgState:
+        from .states import FwCfgState
+
         with self._lock:
             return FwCfgState(selector=self._selector, offset=self._offset)
 
     def restore(self, state: FwCfgState) -> None:
+        from .states import FwCfgState
+
         check_state_type(state, FwCfgState)
         selector = check_int("fw_cfg selector", state.selector, 0, 0xFFFF)
         with self._lock:

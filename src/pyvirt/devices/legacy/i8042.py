@@ -30,11 +30,17 @@ the excess rather than growing host memory.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
-from typing import Callable
 
-from ..irq import IrqLine
-from ._common import VALID_SIZES, check_bool, check_bytes, check_int, check_state_type, ones
+from ._common import VALID_SIZES, check_bool, check_bytes, check_int, check_state_type, lazy_states, ones
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..protocols import IrqLine
+    from .states import I8042State
+
+__getattr__ = lazy_states(__name__, ("I8042State",))
 
 PORT = 0x60
 LENGTH = 5
@@ -46,6 +52,7 @@ CTR_KBDINT, CTR_SYS, CTR_KBDDIS, CTR_AUXDIS, CTR_XLATE = 0x01, 0x04, 0x10, 0x20,
 CTR_DEFAULT = CTR_KBDINT | CTR_SYS | CTR_AUXDIS | CTR_XLATE
 OUTPORT_RESET = 0x01  # active low: clearing it resets the CPU
 OUTPORT_DEFAULT = 0xCF
+RAM_POWER_ON = bytes([CTR_DEFAULT]) + bytes(31)  # byte 0 is the command byte
 
 ACK, RESEND, BAT_OK, ECHO = 0xFA, 0xFE, 0xAA, 0xEE
 KBD_PARAM_COMMANDS = (0xED, 0xF0, 0xF3)  # LEDs, scan-code set, typematic rate
@@ -54,24 +61,9 @@ _XLATED_SET_ID = {1: 0x43, 2: 0x41, 3: 0x3F}
 _CTL_PARAM_COMMANDS = frozenset(range(0x60, 0x80)) | {0xD1, 0xD2, 0xD3, 0xD4}
 
 
-@dataclass(frozen=True)
-class I8042State:
-    ram: bytes = bytes([CTR_DEFAULT]) + bytes(31)  # byte 0 is the command byte
-    outport: int = OUTPORT_DEFAULT
-    queue: bytes = b""
-    queue_aux: bytes = b""  # per queued byte: 1 if it came from the AUX port
-    last_data: int = 0
-    last_was_command: bool = False
-    ctl_pending: int = 0  # controller command awaiting its data byte, 0 if none
-    kbd_pending: int = 0  # keyboard command awaiting its parameter, 0 if none
-    scan_set: int = 2
-    scanning: bool = True
-    version: int = 1
-
-
 class I8042:
     LENGTH = LENGTH
-    # Controller state, loaded from an I8042State by _load.
+    # Controller state: power-on values from _reset, an I8042State's from _load.
     _ram: bytearray
     _outport: int
     _last_data: int
@@ -89,7 +81,7 @@ class I8042:
         self._irq_level = False
         self._lock = threading.Lock()
         self._resets = 0
-        self._load(I8042State())
+        self._reset()
 
     def read(self, offset: int, size: int) -> int:
         if size not in VALID_SIZES or offset not in (0, 4):
@@ -221,6 +213,8 @@ class I8042:
 
     # -- state -----------------------------------------------------------
     def state(self) -> I8042State:
+        from .states import I8042State
+
         with self._lock:
             return I8042State(
                 ram=bytes(self._ram), outport=self._outport, queue=bytes(self._queue),
@@ -229,6 +223,8 @@ class I8042:
                 kbd_pending=self._kbd_pending, scan_set=self._scan_set, scanning=self._scanning)
 
     def restore(self, state: I8042State) -> None:
+        from .states import I8042State
+
         check_state_type(state, I8042State)
         check_bytes("i8042 ram", state.ram, 32, exact=True)
         check_int("i8042 outport", state.outport, 0, 0xFF)
@@ -247,6 +243,14 @@ class I8042:
         with self._lock:
             self._load(state)
             self._update_irq(force=True)
+
+    def _reset(self) -> None:
+        """The power-on values (I8042State's defaults)."""
+        self._ram = bytearray(RAM_POWER_ON)
+        self._outport, self._last_data = OUTPORT_DEFAULT, 0
+        self._queue, self._queue_aux = bytearray(), bytearray()
+        self._last_was_command, self._ctl_pending, self._kbd_pending = False, 0, 0
+        self._scan_set, self._scanning = 2, True
 
     def _load(self, s: I8042State) -> None:
         self._ram = bytearray(s.ram)

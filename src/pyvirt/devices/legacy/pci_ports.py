@@ -22,10 +22,19 @@ decoded: reads are all-ones and writes are dropped, as on a PIIX.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
-from typing import Callable
 
-from ._common import VALID_SIZES, check_int, check_state_type, ones
+from ._common import VALID_SIZES, check_int, check_state_type, lazy_states, ones
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .states import PciConfigPortsState
+
+    ConfigRead = Callable[[int, int, int, int, int], "int | None"]
+    ConfigWrite = Callable[[int, int, int, int, int, int], None]
+
+__getattr__ = lazy_states(__name__, ("PciConfigPortsState",))
 
 PORT = 0xCF8
 LENGTH = 8
@@ -34,16 +43,6 @@ ADDR_MASK = 0x80FFFFFC
 RCR_OFFSET = 1
 RCR_SYS_RST, RCR_RST_CPU, RCR_FULL_RST = 0x02, 0x04, 0x08
 RCR_MASK = RCR_SYS_RST | RCR_RST_CPU | RCR_FULL_RST
-
-ConfigRead = Callable[[int, int, int, int, int], "int | None"]
-ConfigWrite = Callable[[int, int, int, int, int, int], None]
-
-
-@dataclass(frozen=True)
-class PciConfigPortsState:
-    address: int = 0
-    reset_control: int = 0
-    version: int = 1
 
 
 class PciConfigPorts:
@@ -101,10 +100,14 @@ class PciConfigPorts:
         return (addr >> 16) & 0xFF, (addr >> 11) & 0x1F, (addr >> 8) & 0x07, (addr & 0xFC) + byte
 
     def state(self) -> PciConfigPortsState:
+        from .states import PciConfigPortsState
+
         with self._lock:
             return PciConfigPortsState(address=self._address, reset_control=self._rcr)
 
     def restore(self, state: PciConfigPortsState) -> None:
+        from .states import PciConfigPortsState
+
         check_state_type(state, PciConfigPortsState)
         if check_int("pci address", state.address, 0, 0xFFFFFFFF) & ~ADDR_MASK:
             raise ValueError(f"pci address {state.address:#x} has reserved bits set")

@@ -9,20 +9,18 @@ the last code as on boards with a POST-code latch.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 
-from ._common import VALID_SIZES, check_int, check_state_type, ones
+from ._common import VALID_SIZES, check_int, check_state_type, lazy_states, ones
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from .states import PostCodeState
+
+__getattr__ = lazy_states(__name__, ("PostCodeState",))
 
 PORT = 0x80
 LENGTH = 1
 COUNT_MASK = 2**64 - 1  # wraps like the u64 counter it will be serialized as
-
-
-@dataclass(frozen=True)
-class PostCodeState:
-    last: int = 0
-    count: int = 0
-    version: int = 1
 
 
 class PostCode:
@@ -54,10 +52,14 @@ class PostCode:
             self._count = (self._count + 1) & COUNT_MASK
 
     def state(self) -> PostCodeState:
+        from .states import PostCodeState
+
         with self._lock:
             return PostCodeState(last=self._last, count=self._count)
 
     def restore(self, state: PostCodeState) -> None:
+        from .states import PostCodeState
+
         check_state_type(state, PostCodeState)
         check_int("post last", state.last, 0, 0xFF)
         check_int("post count", state.count, 0, COUNT_MASK)

@@ -28,15 +28,20 @@ hole, 0x5b-0x5d 64 KiB units above 4 GiB.
 
 from __future__ import annotations
 
-import calendar
 import math
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable
 
 from ...arch.x86.layout import low_ram_end
-from ._common import VALID_SIZES, check_bytes, check_int, check_state_type, ones, read_bytes, write_bytes
+from ._common import VALID_SIZES, check_bytes, check_int, check_state_type, lazy_states, ones, read_bytes, write_bytes
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .states import RtcState
+
+__getattr__ = lazy_states(__name__, ("RtcState",))
 
 PORT = 0x70
 LENGTH = 2
@@ -50,14 +55,7 @@ B_DEFAULT = B_24H
 D_VRT = 0x80
 UIP_WINDOW = 244e-6  # the update cycle starts this long before the second ticks
 _OFFSET_LIMIT_NS = 10_000 * 366 * 86400 * 10**9  # beyond any year 1..9999 a guest can set
-
-
-@dataclass(frozen=True)
-class RtcState:
-    index: int = 0
-    cmos: bytes = bytes(REG_A) + bytes([A_DEFAULT, B_DEFAULT, 0, D_VRT]) + bytes(128 - REG_A - 4)
-    offset_ns: int = 0  # guest time minus host time (clock())
-    version: int = 1
+CMOS_POWER_ON = bytes(REG_A) + bytes([A_DEFAULT, B_DEFAULT, 0, D_VRT]) + bytes(128 - REG_A - 4)
 
 
 class Rtc:
@@ -69,7 +67,9 @@ class Rtc:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._load(RtcState())
+        self._index = 0
+        self._cmos = bytearray(CMOS_POWER_ON)
+        self._offset_ns = 0  # guest time minus host time (clock())
 
     def read(self, offset: int, size: int) -> int:
         if size not in VALID_SIZES or not 0 <= offset < LENGTH:
@@ -176,6 +176,8 @@ class Rtc:
         }
 
     def _set_time(self, fields: dict[int, int], frac: float) -> None:
+        import calendar  # (with datetime) only once a guest sets the clock
+
         hour_reg = fields[HOUR]
         if self._cmos[REG_B] & B_24H:
             hour = self._decode(hour_reg)
@@ -193,10 +195,14 @@ class Rtc:
 
     # -- state -----------------------------------------------------------
     def state(self) -> RtcState:
+        from .states import RtcState
+
         with self._lock:
             return RtcState(index=self._index, cmos=bytes(self._cmos), offset_ns=self._offset_ns)
 
     def restore(self, state: RtcState) -> None:
+        from .states import RtcState
+
         check_state_type(state, RtcState)
         check_int("rtc index", state.index, 0, 0x7F)
         cmos = check_bytes("rtc cmos", state.cmos, 128, exact=True)

@@ -26,12 +26,18 @@ slow console never blocks input.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
-from typing import Callable
 
-from ..irq import IrqLine
-from ._common import (VALID_SIZES, check_bool, check_bytes, check_int, check_state_type, ones, read_bytes,
-                      write_bytes)
+from ._common import (VALID_SIZES, check_bool, check_bytes, check_int, check_state_type, lazy_states, ones,
+                      read_bytes, write_bytes)
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..protocols import IrqLine
+    from .states import SerialState, SerialStatistics
+
+__getattr__ = lazy_states(__name__, ("SerialState", "SerialStatistics"))
 
 COM1_PORT = 0x3F8
 COM1_IRQ = 4
@@ -50,33 +56,7 @@ LSR_ERRORS = 0x1E  # OE, PE, FE, BI: cleared by reading LSR
 MSR_DCTS, MSR_DDSR, MSR_TERI, MSR_DDCD = 0x01, 0x02, 0x04, 0x08
 MSR_CTS, MSR_DSR, MSR_RI, MSR_DCD = 0x10, 0x20, 0x40, 0x80
 MSR_IDLE = MSR_CTS | MSR_DSR | MSR_DCD  # a host that is always ready to talk
-
-
-@dataclass(frozen=True)
-class SerialState:
-    """Guest-visible UART state; the defaults are the power-on values."""
-
-    dll: int = 0x0C  # 9600 baud, what firmware usually leaves
-    dlm: int = 0
-    ier: int = 0
-    lcr: int = 0
-    mcr: int = 0
-    lsr_errors: int = 0
-    msr_delta: int = 0
-    scr: int = 0
-    fcr: int = 0
-    thr_pending: bool = False
-    rx_fifo: bytes = b""
-    rx_input: bytes = b""  # host bytes not yet in the FIFO
-    version: int = 1
-
-
-@dataclass(frozen=True)
-class SerialStatistics:
-    tx_bytes: int
-    rx_bytes: int
-    rx_dropped: int
-    overruns: int
+DLL_POWER_ON = 0x0C  # 9600 baud, what firmware usually leaves
 
 
 def _modem_status(mcr: int) -> int:
@@ -88,7 +68,7 @@ def _modem_status(mcr: int) -> int:
 
 class Serial:
     LENGTH = LENGTH
-    # Register file, loaded from a SerialState by _load.
+    # Register file: power-on values from _reset, a SerialState's from _load.
     _dll: int
     _dlm: int
     _ier: int
@@ -109,7 +89,7 @@ class Serial:
         self._irq_level = False
         self._tx: list[int] = []
         self._tx_bytes = self._rx_bytes = self._rx_dropped = self._overruns = 0
-        self._load(SerialState())
+        self._reset()
 
     # -- bus interface ---------------------------------------------------
     def read(self, offset: int, size: int) -> int:
@@ -146,6 +126,8 @@ class Serial:
             return len(self._input) + len(self._rx)
 
     def statistics(self) -> SerialStatistics:
+        from .states import SerialStatistics
+
         with self._lock:
             return SerialStatistics(self._tx_bytes, self._rx_bytes, self._rx_dropped, self._overruns)
 
@@ -274,6 +256,8 @@ class Serial:
 
     # -- state -----------------------------------------------------------
     def state(self) -> SerialState:
+        from .states import SerialState
+
         with self._lock:
             return SerialState(
                 dll=self._dll, dlm=self._dlm, ier=self._ier, lcr=self._lcr, mcr=self._mcr,
@@ -281,6 +265,8 @@ class Serial:
                 thr_pending=self._thr_pending, rx_fifo=bytes(self._rx), rx_input=bytes(self._input))
 
     def restore(self, state: SerialState) -> None:
+        from .states import SerialState
+
         check_state_type(state, SerialState)
         for name in ("dll", "dlm", "lcr", "scr"):
             check_int(f"serial {name}", getattr(state, name), 0, 0xFF)
@@ -301,6 +287,14 @@ class Serial:
             self._load(state)
             self._refill()
             self._update_irq(force=True)
+
+    def _reset(self) -> None:
+        """The power-on register values (SerialState's defaults)."""
+        self._dll, self._dlm, self._ier, self._lcr = DLL_POWER_ON, 0, 0, 0
+        self._mcr = self._lsr_errors = self._msr_delta = self._scr = self._fcr = 0
+        self._thr_pending = False
+        self._rx = bytearray()
+        self._input = bytearray()
 
     def _load(self, s: SerialState) -> None:
         self._dll, self._dlm, self._ier, self._lcr = s.dll, s.dlm, s.ier, s.lcr

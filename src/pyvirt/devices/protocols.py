@@ -1,0 +1,24 @@
+"""The interfaces devices are written against: `BusDevice` and `IrqLine`.
+
+They are `typing.Protocol`s, needed only by type checkers. bus.py and irq.py
+export them under their old names but load this module only on request, so
+that `pyvirt run` does not import `typing` to start a VM.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class BusDevice(Protocol):
+    """What a bus needs of a device: sized reads and writes at an offset."""
+
+    def read(self, offset: int, size: int) -> int: ...
+
+    def write(self, offset: int, size: int, value: int) -> None: ...
+
+
+class IrqLine(Protocol):
+    """A level-sensitive line into the interrupt controller."""
+
+    def set_level(self, level: bool) -> None: ...
