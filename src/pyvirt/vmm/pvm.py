@@ -114,6 +114,8 @@ class PvmAssist:
             return
         self.due = False
         try:
+            if log.isEnabledFor(logging.DEBUG):  # a poor man's profile of slow emulated boots
+                log.debug("kvm_pvm: boot vCPU at RIP %#x", vcpu.get_regs().rip)
             self.syscall.refresh(vcpu)
         except OSError as e:
             log.debug("kvm_pvm: SYSCALL hook refresh failed: %s", e)
