@@ -67,8 +67,8 @@ def decompress(payload: bytes, kind: str) -> bytes:
         elif kind in ("xz", "lzma"):
             import lzma
 
-            d = lzma.LZMADecompressor(lzma.FORMAT_XZ if kind == "xz" else lzma.FORMAT_ALONE)
-            out = d.decompress(payload, MAX_KERNEL)
+            dx = lzma.LZMADecompressor(lzma.FORMAT_XZ if kind == "xz" else lzma.FORMAT_ALONE)
+            out = dx.decompress(payload, MAX_KERNEL)
         elif kind == "bzip2":
             import bz2
 

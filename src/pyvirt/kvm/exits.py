@@ -83,6 +83,10 @@ class IoIn(_Exit):
     """The guest executed IN (count > 1 for REP INS); data goes at data_offset."""
 
     __slots__ = ("port", "size", "count", "data_offset")
+    port: int
+    size: int
+    count: int
+    data_offset: int
 
     def __init__(self, port: int, size: int, count: int, data_offset: int) -> None:
         _set(self, "port", port)
@@ -95,6 +99,9 @@ class IoOut(_Exit):
     """The guest executed OUT; `data` holds count * size bytes."""
 
     __slots__ = ("port", "size", "data")
+    port: int
+    size: int
+    data: bytes
 
     def __init__(self, port: int, size: int, data: bytes) -> None:
         _set(self, "port", port)
@@ -104,6 +111,8 @@ class IoOut(_Exit):
 
 class MmioRead(_Exit):
     __slots__ = ("addr", "size")
+    addr: int
+    size: int
 
     def __init__(self, addr: int, size: int) -> None:
         _set(self, "addr", addr)
@@ -112,6 +121,8 @@ class MmioRead(_Exit):
 
 class MmioWrite(_Exit):
     __slots__ = ("addr", "data")
+    addr: int
+    data: bytes
 
     def __init__(self, addr: int, data: bytes) -> None:
         _set(self, "addr", addr)
@@ -130,6 +141,8 @@ class Shutdown(_Exit):
 
 class FailEntry(_Exit):
     __slots__ = ("reason", "cpu")
+    reason: int
+    cpu: int
 
     def __init__(self, reason: int, cpu: int) -> None:
         _set(self, "reason", reason)
@@ -138,6 +151,8 @@ class FailEntry(_Exit):
 
 class InternalError(_Exit):
     __slots__ = ("suberror", "data")
+    suberror: int
+    data: tuple[int, ...]
 
     def __init__(self, suberror: int, data: tuple[int, ...]) -> None:
         _set(self, "suberror", suberror)
@@ -155,6 +170,8 @@ class InternalError(_Exit):
 
 class SystemEvent(_Exit):
     __slots__ = ("type", "data")
+    type: int
+    data: tuple[int, ...]
 
     def __init__(self, type: int, data: tuple[int, ...]) -> None:
         _set(self, "type", type)
@@ -169,6 +186,7 @@ class Interrupted(_Exit):
 
 class Other(_Exit):
     __slots__ = ("reason",)
+    reason: int
 
     def __init__(self, reason: int) -> None:
         _set(self, "reason", reason)

@@ -29,6 +29,10 @@ from .console import Console
 from .report import describe_vcpu
 from .vcpu_loop import ExitHandler, StopFlag, run_vcpu
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..devices.protocols import BusDevice
+
 log = logging.getLogger(__name__)
 
 MSR_IA32_MISC_ENABLE = 0x1A0
@@ -141,7 +145,7 @@ class Machine:
         self.fw_cfg = FwCfg.for_vm(ncpus=self.cfg.cpus, ram_size=self.cfg.memory,
                                    cmdline=self.cfg.cmdline.encode(), e820=e820)
         self.rtc = Rtc()
-        devices = [
+        devices: list[tuple[int, int, BusDevice, str]] = [
             (0x3F8, 8, self.serial, "COM1"),
             (0x60, 5, I8042(on_reset=reset, irq=CallbackIrq(KBD_IRQ, irq_line)), "i8042"),
             (0x70, 2, self.rtc, "CMOS RTC"),
@@ -154,8 +158,7 @@ class Machine:
         ]
         for base, length, dev, name in devices:
             self.pio.register(base, length, dev, name)
-        if hasattr(self.rtc, "set_memory_size"):
-            self.rtc.set_memory_size(self.cfg.memory)
+        self.rtc.set_memory_size(self.cfg.memory)  # CMOS memory-size bytes, as firmware reports them
 
     def _debug_exit(self, value: int) -> None:
         self.stop(exit_status.debug_exit(value), f"the guest wrote {value:#x} to the debug-exit port")

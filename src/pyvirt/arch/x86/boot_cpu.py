@@ -13,6 +13,10 @@ from __future__ import annotations
 import struct
 
 from ...memory import GuestMemory
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ...kvm.structs import kvm_regs
 from . import layout
 
 CODE32_SEL = 0x08
@@ -112,7 +116,7 @@ def setup_sregs(sregs: object, mode: str) -> None:
         s.efer = 0  # type: ignore[attr-defined]
 
 
-def setup_regs(regs: object, entry: int, values: dict[str, int]) -> None:
+def setup_regs(regs: "kvm_regs", entry: int, values: dict[str, int]) -> None:
     """Zero the general registers, then set RIP, RFLAGS and the protocol's values."""
     for name, *_ in regs._fields_:  # type: ignore[attr-defined]
         setattr(regs, name, 0)
