@@ -122,3 +122,18 @@ class Bus:
         if addr not in self._warned and len(self._warned) < 4096:
             self._warned.add(addr)
             log.info("%s: unclaimed %d-byte %s at %#x (reads as all-ones)", self.name, size, what, addr)
+
+
+class Window:
+    """A device seen at a shifted offset, for devices whose ports are not
+    contiguous (the i8042 at 0x60 and 0x64, with the PIT's 0x61 between)."""
+
+    def __init__(self, device: "BusDevice", shift: int) -> None:
+        self.device = device
+        self.shift = shift
+
+    def read(self, offset: int, size: int) -> int:
+        return self.device.read(offset + self.shift, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.device.write(offset + self.shift, size, value)

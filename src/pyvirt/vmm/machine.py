@@ -19,7 +19,7 @@ import time
 
 from .. import kvm
 from ..arch.x86 import boot_cpu, layout
-from ..devices.bus import Bus
+from ..devices.bus import Bus, Window
 from ..devices.irq import CallbackIrq
 from ..kvm import structs as ks
 from ..memory import GuestMemory, Region
@@ -118,10 +118,12 @@ class Machine:
         except kvm.KvmError as e:
             log.debug("KVM_SET_TSS_ADDR: %s", e)
         self.vm.create_irqchip()
-        self.vm.create_pit2()
-        # Re-injecting missed PIT ticks makes a slow guest spend all its time in the
-        # tick handler; drop them instead (QEMU's lost_tick_policy=discard).
-        self.vm.set_pit_reinject(False)
+        self.pit = None
+        if not self.pvm:
+            self.vm.create_pit2()
+            # Re-injecting missed PIT ticks makes a slow guest spend all its time in the
+            # tick handler; drop them instead (QEMU's lost_tick_policy=discard).
+            self.vm.set_pit_reinject(False)
 
         self.mem = self._map_memory(cfg.memory)
         self._add_devices()
@@ -145,9 +147,11 @@ class Machine:
         self.fw_cfg = FwCfg.for_vm(ncpus=self.cfg.cpus, ram_size=self.cfg.memory,
                                    cmdline=self.cfg.cmdline.encode(), e820=e820)
         self.rtc = Rtc()
+        kbd = I8042(on_reset=reset, irq=CallbackIrq(KBD_IRQ, irq_line))
         devices: list[tuple[int, int, BusDevice, str]] = [
             (0x3F8, 8, self.serial, "COM1"),
-            (0x60, 5, I8042(on_reset=reset, irq=CallbackIrq(KBD_IRQ, irq_line)), "i8042"),
+            (0x60, 1, kbd, "i8042 data"),
+            (0x64, 1, Window(kbd, 4), "i8042 command/status"),
             (0x70, 2, self.rtc, "CMOS RTC"),
             (0x80, 1, PostCode(), "POST"),
             (self.cfg.debug_exit_port, 1, DebugExit(on_exit=self._debug_exit), "debug-exit"),
@@ -156,6 +160,15 @@ class Machine:
                                on_reset=reset, sci=CallbackIrq(SCI_IRQ, irq_line)), "ACPI PM"),
             (0xCF8, 8, PciConfigPorts(on_reset=reset), "PCI config"),
         ]
+        if self.pvm:
+            # Each emulated timer interrupt costs the guest ~10 ms here: a user-space
+            # PIT delivers IRQ 0 at a capped rate (docs/pvm.md).
+            from ..devices.legacy.pit import Pit
+            from .pvm import PIT_MIN_PERIOD
+
+            vm = self.vm
+            self.pit = Pit(lambda: (vm.irq_line(0, 1), vm.irq_line(0, 0)), min_period=PIT_MIN_PERIOD)
+            devices += [(0x40, 4, self.pit, "PIT"), (0x61, 1, self.pit.speaker, "PIT speaker gate")]
         for base, length, dev, name in devices:
             self.pio.register(base, length, dev, name)
         self.rtc.set_memory_size(self.cfg.memory)  # CMOS memory-size bytes, as firmware reports them
@@ -287,6 +300,9 @@ class Machine:
                 t.start()
             if assist is not None:
                 threading.Thread(target=self._pvm_watch, args=(assist,), name="pvm-watch", daemon=True).start()
+            if self.pit is not None:
+                threading.Thread(target=self.pit.run, args=(lambda: self._flag.stopping,), name="pit",
+                                 daemon=True).start()
             self._serve()
         finally:
             # Whatever ended the main loop, no vCPU may outlive run(): close()

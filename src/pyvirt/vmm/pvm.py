@@ -59,6 +59,10 @@ SKIP = {
     bytes.fromhex("0f77"): "emms",
 }
 BP_VECTOR, UD_VECTOR = 3, 6
+# The in-kernel PIT is replaced by a user-space one delivering IRQ 0 at most
+# this often: one emulated timer interrupt costs ~10 ms, and at Linux's 250 Hz
+# the kernel stalls in its timer code once it switches to one-shot mode.
+PIT_MIN_PERIOD = 0.04
 
 
 def wanted(setting: str, backend: str) -> bool:
