@@ -325,6 +325,10 @@ class Machine:
         while not self._flag.stopping:
             time.sleep(period)
             assist.due = True  # type: ignore[attr-defined]
+            if self.pit is not None and log.isEnabledFor(logging.DEBUG):
+                ch = self.pit.channels[0]
+                log.debug("PIT: %d interrupts; channel 0 mode %d count %d armed %s",
+                          self.pit.interrupts, ch.mode, ch.reload, ch.armed)
             if t.ident is not None and t.is_alive() and not self._flag.stopping:
                 try:
                     signal.pthread_kill(t.ident, _KICK)

@@ -44,7 +44,9 @@ CLEAR_FEATURES = {
 }
 CLEAR_CPUID = ",".join(str(n) for n in CLEAR_FEATURES.values())
 # (`noxsave` is gone from newer kernels; clearing the xsave bit does the same.)
-KERNEL_PARAMS = (f"clearcpuid={CLEAR_CPUID}",)
+# The TSC read from guest kernel code does not advance under kvm_pvm (a 6.1
+# kernel's clock stopped when it switched to it): stay on kvm-clock.
+KERNEL_PARAMS = (f"clearcpuid={CLEAR_CPUID}", "clocksource=kvm-clock", "tsc=unstable")
 
 # Instructions that end in KVM_EXIT_INTERNAL_ERROR (emulation failure) here.
 # Fences and x87 housekeeping are no-ops for a VM whose vCPUs don't share
