@@ -6,8 +6,9 @@ nothing unless something goes wrong. So modules on the VMM's start path use
 
     log = get_logger(__name__)
 
-and call `debug`, `info`, `warning`, `error` and `exception` as on a
-`logging.Logger`. While no code has imported `logging`, nothing has
+and call `debug`, `info`, `warning`, `error`, `exception` and
+`isEnabledFor` as on a `logging.Logger` (with `DEBUG`, `INFO`, `WARNING`
+from here). While no code has imported `logging`, nothing has
 configured it either, so the root logger's level is WARNING: debug and info
 records would be dropped, and are dropped here without importing it. A
 warning or worse imports `logging` and goes to the real logger, as does
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     import logging
     from typing import TextIO
 
-WARNING = 30  # logging.WARNING
+DEBUG, INFO, WARNING = 10, 20, 30  # as in logging
 _pending: tuple[int, str, TextIO] | None = None
 
 
@@ -79,6 +80,11 @@ class LazyLogger:
         # Point the record at our caller, not at this module.
         kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 2
         getattr(self._real(), method)(msg, *args, **kwargs)
+
+    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 (logging's name)
+        if "logging" not in sys.modules:
+            return level >= WARNING  # the root logger's default level
+        return self._real().isEnabledFor(level)
 
     def debug(self, msg: object, *args: object, **kwargs: object) -> None:
         if "logging" in sys.modules:

@@ -191,6 +191,10 @@ def _sb_scope(dsdt: bytes) -> bytes:
     return body[1 + extra :]
 
 
+def test_precomputed_dsdt_matches_the_encoder() -> None:
+    assert acpi._DSDT_AML == acpi._dsdt_aml(b"")
+
+
 def test_extra_aml_goes_inside_sb() -> None:
     dev = aml.device(
         "VR00",

@@ -1,9 +1,13 @@
 """VmConfig parsing and validation."""
 
 import json
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from pyvirt.vmm import config
 from pyvirt.vmm.config import ConfigError, SerialConfig, VmConfig, parse_size
 
 
@@ -65,3 +69,12 @@ def test_validation_messages(tmp_path, change, message):
         setattr(cfg, key, value)
     with pytest.raises(ConfigError, match=message):
         cfg.validate()
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="0123456789kmgtbiKMGTBI \t\n\x0b\x1c-+.xı\u212a\u2003１٣", max_size=10))
+def test_size_parser_matches_its_regular_expression(text):
+    m = re.match(config._SIZE_RE, text, re.IGNORECASE)
+    parts = config._split_size(text)
+    got = (parts[0], parts[1].lower()) if parts else None
+    assert got == ((m.group(1), m.group(2).lower()) if m else None)

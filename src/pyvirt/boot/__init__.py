@@ -21,18 +21,37 @@ pure code over a `GuestMemory`: no KVM, so the loaders are tested on bytearrays.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pyvirt.memory import GuestMemory, GuestMemoryError
 
-from .bzimage import is_bzimage, load_bzimage
-from .common import PROTOCOLS, BootError, BootSpec, Protocol, check_guest_memory
-from .elf import ElfFile, is_elf, parse_elf
-from .multiboot import BAD_CHECKSUM, NO_LOAD_ADDRESSES, MultibootHeader, find_header, has_bad_checksum, load_multiboot
-from .pvh import load_pvh, pvh_entry
-from .vmlinux import is_elf64_kernel, load_vmlinux
+from .common import PROTOCOLS, BootError, BootSpec, check_guest_memory
+from .detect import detect as _detect
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from .common import Protocol
 
 __all__ = ["BootSpec", "BootError", "load_kernel", "supported_protocols", "PROTOCOLS"]
+
+# Each loader is imported when load_kernel picks it, so a VM's start loads
+# one; these names (and the loaders' helpers) stay reachable from here too.
+_LAZY = {
+    "load_pvh": "pvh", "pvh_entry": "pvh",
+    "load_bzimage": "bzimage", "is_bzimage": "detect",
+    "load_multiboot": "multiboot", "MultibootHeader": "multiboot_header", "find_header": "multiboot_header",
+    "has_bad_checksum": "multiboot_header", "BAD_CHECKSUM": "multiboot_header",
+    "NO_LOAD_ADDRESSES": "multiboot_header",
+    "load_vmlinux": "vmlinux", "is_elf64_kernel": "detect",
+    "ElfFile": "elf", "is_elf": "elf", "parse_elf": "elf", "Protocol": "common",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 NOT_A_KERNEL = (
     "not a kernel pyvirt can boot: expected a PVH ELF (Xen note 18), a Linux bzImage "
@@ -45,42 +64,6 @@ _MISSING = {
     "elf64": "it is not an x86-64 ELF file",
     "multiboot": "it has no valid multiboot v1 header in its first 8192 bytes",
 }
-
-
-@dataclass(frozen=True)
-class _Detected:
-    protocols: tuple[Protocol, ...]
-    elf: ElfFile | None
-    problem: BootError | None  # why a format the file claims to be could not be parsed
-
-
-def _detect(kernel: bytes) -> _Detected:
-    elf: ElfFile | None = None
-    problem: BootError | None = None
-    found: list[Protocol] = []
-    if is_elf(kernel):
-        try:
-            elf = parse_elf(kernel)
-            if pvh_entry(elf) is not None:
-                found.append("pvh")
-        except BootError as e:
-            elf, problem = None, e
-    if is_bzimage(kernel):
-        found.append("linux")
-    mb: MultibootHeader | None = None
-    try:
-        mb = find_header(kernel)
-    except BootError as e:
-        problem = problem or e
-    if mb is not None and (mb.aout_kludge or elf is not None):
-        found.append("multiboot")
-    elif mb is not None and problem is None:
-        problem = BootError(NO_LOAD_ADDRESSES)
-    elif mb is None and problem is None and has_bad_checksum(kernel) and not found:
-        problem = BootError(BAD_CHECKSUM)
-    if elf is not None and is_elf64_kernel(elf):
-        found.append("elf64")
-    return _Detected(tuple(found), elf, problem)
 
 
 def supported_protocols(kernel: bytes | bytearray | memoryview) -> tuple[Protocol, ...]:
@@ -129,14 +112,22 @@ def load_kernel(
 
     try:
         if choice == "pvh":
+            from .pvh import load_pvh
+
             assert det.elf is not None
             return load_pvh(mem, data, det.elf, mem_size=mem_size, cmdline=cmdline, initrd=initrd_data,
                             rsdp_addr=rsdp_addr)
         if choice == "linux":
+            from .bzimage import load_bzimage
+
             return load_bzimage(mem, data, mem_size=mem_size, cmdline=cmdline, initrd=initrd_data, rsdp_addr=rsdp_addr)
         if choice == "multiboot":
+            from .multiboot import load_multiboot
+
             return load_multiboot(mem, data, mem_size=mem_size, cmdline=cmdline, initrd=initrd_data,
                                   kernel_name=kernel_name, initrd_name=initrd_name)
+        from .vmlinux import load_vmlinux
+
         assert det.elf is not None
         return load_vmlinux(mem, data, det.elf, mem_size=mem_size, cmdline=cmdline, initrd=initrd_data,
                             rsdp_addr=rsdp_addr)

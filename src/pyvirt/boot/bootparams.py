@@ -5,15 +5,15 @@ header sits at 0x1f1 both in a bzImage file and in boot_params; every field
 offset below is relative to the start of boot_params (= of the file).
 
 `SetupHeader.parse(data)` reads the header fields a loader needs into a
-dataclass; `build_zero_page` produces the 4 KiB boot_params for a given header
+record; `build_zero_page` produces the 4 KiB boot_params for a given header
 copy, command line, initrd and memory map.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
+from pyvirt._record import FrozenRecord
 from pyvirt.arch.x86 import layout
 
 from .common import PAGE_SIZE, BootError
@@ -98,13 +98,18 @@ def format_version(version: int) -> str:
     return f"{version >> 8}.{version & 0xFF:02d}"
 
 
-@dataclass(frozen=True)
-class SetupHeader:
+class SetupHeader(FrozenRecord):
     """The fields of a bzImage setup header that a 32/64-bit loader uses.
 
     Fields a protocol version does not define get the documented defaults.
+    (A plain record, not a dataclass, like the other records a VM's start makes.)
     """
 
+    __slots__ = __match_args__ = (
+        "setup_sects", "version", "loadflags", "code32_start", "initrd_addr_max", "kernel_alignment",
+        "relocatable_kernel", "min_alignment", "xloadflags", "cmdline_size", "pref_address", "init_size",
+        "handover_offset", "kernel_info_offset", "header_end",
+    )
     setup_sects: int  # 0 already replaced by 4
     version: int
     loadflags: int
@@ -120,6 +125,14 @@ class SetupHeader:
     handover_offset: int
     kernel_info_offset: int
     header_end: int  # one past the last header byte (0x202 + byte at 0x201)
+
+    def __init__(self, setup_sects: int, version: int, loadflags: int, code32_start: int, initrd_addr_max: int,
+                 kernel_alignment: int, relocatable_kernel: bool, min_alignment: int, xloadflags: int,
+                 cmdline_size: int, pref_address: int, init_size: int, handover_offset: int,
+                 kernel_info_offset: int, header_end: int) -> None:
+        self._init(setup_sects, version, loadflags, code32_start, initrd_addr_max, kernel_alignment,
+                   relocatable_kernel, min_alignment, xloadflags, cmdline_size, pref_address, init_size,
+                   handover_offset, kernel_info_offset, header_end)
 
     @property
     def setup_size(self) -> int:

@@ -33,7 +33,6 @@ from .common import (
     PAGE_SIZE,
     BootError,
     BootSpec,
-    Mode,
     align_up,
     check_range,
     encode_cmdline,
@@ -41,17 +40,17 @@ from .common import (
     place_initrd,
     write_cmdline,
 )
+from .detect import BZIMAGE_SIGNATURE_OFFSET, is_bzimage  # noqa: F401  (the format check lives with detection)
 
-BZIMAGE_SIGNATURE_OFFSET = 0x202
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from .common import Mode
+
 STARTUP_64_OFFSET = 0x200  # the 64-bit entry, relative to the load address
 # Kernels before protocol 2.10 don't state init_size; assume they decompress to at
 # most this many times their compressed size, at or above 16 MiB.
 OLD_KERNEL_EXPANSION = 4
 OLD_KERNEL_RUNTIME_START = 16 * layout.MiB
-
-
-def is_bzimage(data: bytes) -> bool:
-    return data[BZIMAGE_SIGNATURE_OFFSET : BZIMAGE_SIGNATURE_OFFSET + 4] == b"HdrS"
 
 
 def load_address(hdr: SetupHeader, image_size: int, mem_size: int) -> int:

@@ -18,16 +18,29 @@ The helpers here decide where things go in guest RAM:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
-
+from pyvirt._record import FrozenRecord
 from pyvirt.arch.x86 import layout
 from pyvirt.memory import GuestMemory
 
-PAGE_SIZE = 4096
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Literal
 
-Protocol = Literal["pvh", "linux", "elf64", "multiboot"]
-Mode = Literal["protected32", "long64"]
+    Protocol = Literal["pvh", "linux", "elf64", "multiboot"]
+    Mode = Literal["protected32", "long64"]
+
+
+def __getattr__(name: str) -> object:
+    # The Literal types, for code that uses them at run time: importing typing
+    # costs a VM's start, so they are built only when asked for.
+    if name in ("Protocol", "Mode"):
+        from typing import Literal
+
+        return Literal["pvh", "linux", "elf64", "multiboot"] if name == "Protocol" else Literal["protected32", "long64"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+PAGE_SIZE = 4096
 PROTOCOLS: tuple[Protocol, ...] = ("pvh", "linux", "elf64", "multiboot")
 
 # Multiboot module list and the strings it points to live here (see layout.MODULES).
@@ -38,30 +51,40 @@ class BootError(ValueError):
     """A kernel image or boot configuration pyvirt cannot use; the message says why."""
 
 
-@dataclass(frozen=True)
-class BootSpec:
+class BootSpec(FrozenRecord):
     """How to start the vCPU after a kernel was loaded into guest memory.
 
     The VMM sets up flat 4 GiB code/data segments for `protected32` and, for
     `long64`, the identity-mapped page tables at layout.PML4 as well.
     """
 
+    __slots__ = __match_args__ = ("protocol", "mode", "entry", "regs", "kernel_start", "kernel_end", "initrd")
     protocol: Protocol
     mode: Mode
     entry: int  # guest-physical entry point
-    regs: dict[str, int] = field(hash=False)  # general registers to load, e.g. {"rsi": ZERO_PAGE}
+    regs: dict[str, int]  # general registers to load, e.g. {"rsi": ZERO_PAGE}; not part of the hash
     kernel_start: int
     kernel_end: int  # [kernel_start, kernel_end) holds the loaded image
     initrd: tuple[int, int] | None  # (gpa, size) of the initrd, if one was loaded
 
+    def __init__(self, protocol: Protocol, mode: Mode, entry: int, regs: dict[str, int], kernel_start: int,
+                 kernel_end: int, initrd: tuple[int, int] | None) -> None:
+        self._init(protocol, mode, entry, regs, kernel_start, kernel_end, initrd)
 
-@dataclass(frozen=True)
-class Area:
+    def __hash__(self) -> int:
+        return hash((self.protocol, self.mode, self.entry, self.kernel_start, self.kernel_end, self.initrd))
+
+
+class Area(FrozenRecord):
     """A guest-physical range pyvirt fills in itself: [start, end)."""
 
+    __slots__ = __match_args__ = ("name", "start", "end")
     name: str
     start: int
     end: int
+
+    def __init__(self, name: str, start: int, end: int) -> None:
+        self._init(name, start, end)
 
 
 BOOT_AREAS: tuple[Area, ...] = (

@@ -50,11 +50,14 @@ def load_bzimage_direct(
     cmdline: str = "",
     initrd: bytes | None = None,
     rsdp_addr: int | None = None,
+    vmlinux: bytes | None = None,
 ) -> BootSpec:
+    """`vmlinux` is the decompressed payload when the caller already has it."""
     hdr = SetupHeader.parse(data)
     if not hdr.xloadflags & XLF_KERNEL_64:
         raise BootError("direct boot needs a kernel with a 64-bit entry (XLF_KERNEL_64)")
-    vmlinux = vmlinux_of(data)
+    if vmlinux is None:
+        vmlinux = vmlinux_of(data)
     elf = parse_elf(vmlinux)
     if elf.elf_class != ELFCLASS64 or elf.machine != EM_X86_64:
         raise BootError("the bzImage payload is not an x86-64 ELF kernel")

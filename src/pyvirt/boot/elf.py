@@ -17,8 +17,8 @@ Reference: System V ABI (gABI) "Object Files", ELF-64 Object File Format.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
+from pyvirt._record import FrozenRecord
 from pyvirt.memory import GuestMemory
 
 from .common import BootError, check_range, zero
@@ -55,8 +55,12 @@ _SHDR = {ELFCLASS32: struct.Struct("<IIIIIIIIII"), ELFCLASS64: struct.Struct("<I
 _NHDR = struct.Struct("<III")
 
 
-@dataclass(frozen=True)
-class ProgramHeader:
+# The parsed headers are plain records (pyvirt._record), not dataclasses: every
+# VM start parses its kernel, and defining dataclasses costs start-up time.
+
+
+class ProgramHeader(FrozenRecord):
+    __slots__ = __match_args__ = ("type", "flags", "offset", "vaddr", "paddr", "filesz", "memsz", "align")
     type: int
     flags: int
     offset: int
@@ -66,9 +70,14 @@ class ProgramHeader:
     memsz: int
     align: int
 
+    def __init__(self, type: int, flags: int, offset: int, vaddr: int, paddr: int, filesz: int, memsz: int,
+                 align: int) -> None:
+        self._init(type, flags, offset, vaddr, paddr, filesz, memsz, align)
 
-@dataclass(frozen=True)
-class SectionHeader:
+
+class SectionHeader(FrozenRecord):
+    __slots__ = __match_args__ = ("name", "type", "flags", "addr", "offset", "size", "link", "info", "addralign",
+                                  "entsize")
     name: int
     type: int
     flags: int
@@ -80,16 +89,23 @@ class SectionHeader:
     addralign: int
     entsize: int
 
+    def __init__(self, name: int, type: int, flags: int, addr: int, offset: int, size: int, link: int, info: int,
+                 addralign: int, entsize: int) -> None:
+        self._init(name, type, flags, addr, offset, size, link, info, addralign, entsize)
 
-@dataclass(frozen=True)
-class Note:
+
+class Note(FrozenRecord):
+    __slots__ = __match_args__ = ("name", "type", "desc")
     name: bytes  # without the terminating NUL
     type: int
     desc: bytes
 
+    def __init__(self, name: bytes, type: int, desc: bytes) -> None:
+        self._init(name, type, desc)
 
-@dataclass(frozen=True)
-class ElfFile:
+
+class ElfFile(FrozenRecord):
+    __slots__ = __match_args__ = ("elf_class", "type", "machine", "entry", "phdrs", "shdrs", "notes")
     elf_class: int  # ELFCLASS32 or ELFCLASS64
     type: int
     machine: int
@@ -97,6 +113,10 @@ class ElfFile:
     phdrs: tuple[ProgramHeader, ...]
     shdrs: tuple[SectionHeader, ...]
     notes: tuple[Note, ...]  # from PT_NOTE segments, then SHT_NOTE sections
+
+    def __init__(self, elf_class: int, type: int, machine: int, entry: int, phdrs: tuple[ProgramHeader, ...],
+                 shdrs: tuple[SectionHeader, ...], notes: tuple[Note, ...]) -> None:
+        self._init(elf_class, type, machine, entry, phdrs, shdrs, notes)
 
     @property
     def loads(self) -> tuple[ProgramHeader, ...]:

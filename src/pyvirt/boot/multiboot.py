@@ -31,9 +31,8 @@ name as with other boot loaders, at layout.CMDLINE.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from pathlib import PurePosixPath
 
+from pyvirt._record import FrozenRecord
 from pyvirt.arch.x86 import layout
 from pyvirt.memory import GuestMemory
 
@@ -49,21 +48,21 @@ from .common import (
     zero,
 )
 from .elf import entry_physical, is_elf, load_segments, parse_elf
-
-HEADER_MAGIC = 0x1BADB002
-BOOTLOADER_MAGIC = 0x2BADB002
-SEARCH_LIMIT = 8192
-BAD_CHECKSUM = "the multiboot header's checksum is wrong (magic + flags + checksum must be 0); the kernel is damaged"
-NO_LOAD_ADDRESSES = (
-    "the multiboot kernel is not ELF and its header has no load addresses (flag bit 16); "
-    "link it as ELF or fill in the header's address fields"
+from .multiboot_header import (  # the header format, which boot detection reads without this loader
+    BAD_CHECKSUM,
+    HEADER_MAGIC,
+    HF_AOUT_KLUDGE,
+    HF_MEMORY_INFO,
+    HF_PAGE_ALIGN,
+    HF_VIDEO_MODE,
+    NO_LOAD_ADDRESSES,
+    SEARCH_LIMIT,
+    MultibootHeader,
+    find_header,
+    has_bad_checksum,
 )
 
-# header flags
-HF_PAGE_ALIGN = 1 << 0
-HF_MEMORY_INFO = 1 << 1
-HF_VIDEO_MODE = 1 << 2
-HF_AOUT_KLUDGE = 1 << 16
+BOOTLOADER_MAGIC = 0x2BADB002
 HF_SUPPORTED_REQUIRED = HF_PAGE_ALIGN | HF_MEMORY_INFO | HF_VIDEO_MODE
 
 # info flags
@@ -80,68 +79,20 @@ MMAP_ENTRY = struct.Struct("<IQQI")  # size, base_addr, length, type
 MODULE_ENTRY = struct.Struct("<IIII")  # mod_start, mod_end, string, reserved
 BOOT_LOADER_NAME = b"pyvirt"
 
-_HEAD = struct.Struct("<III")
-_AOUT = struct.Struct("<IIIII")
-_VIDEO = struct.Struct("<IIII")
 
-
-@dataclass(frozen=True)
-class MultibootHeader:
-    offset: int  # file offset of the magic
-    flags: int
-    # a.out kludge (flag bit 16), else 0
-    header_addr: int = 0
-    load_addr: int = 0
-    load_end_addr: int = 0
-    bss_end_addr: int = 0
-    entry_addr: int = 0
-
-    @property
-    def aout_kludge(self) -> bool:
-        return bool(self.flags & HF_AOUT_KLUDGE)
-
-
-def find_header(data: bytes) -> MultibootHeader | None:
-    """The first multiboot header with a valid checksum in the first 8 KiB, or None.
-
-    Raises BootError if the header is found but its address fields are cut off.
-    """
-    limit = min(len(data), SEARCH_LIMIT) - _HEAD.size
-    for off in range(0, limit + 1, 4):
-        magic, flags, checksum = _HEAD.unpack_from(data, off)
-        if magic != HEADER_MAGIC or (magic + flags + checksum) & 0xFFFFFFFF:
-            continue
-        if not flags & HF_AOUT_KLUDGE:
-            return MultibootHeader(off, flags)
-        at = off + _HEAD.size
-        if at + _AOUT.size > len(data):
-            raise BootError("truncated multiboot header: its address fields run past the end of the file")
-        return MultibootHeader(off, flags, *_AOUT.unpack_from(data, at))
-    return None
-
-
-def has_bad_checksum(data: bytes) -> bool:
-    """True if a multiboot magic is present but no header checks out (for messages)."""
-    magic = struct.pack("<I", HEADER_MAGIC)
-    head = data[:SEARCH_LIMIT]
-    pos = head.find(magic)
-    while pos >= 0:
-        if pos % 4 == 0:
-            return True
-        pos = head.find(magic, pos + 1)
-    return False
-
-
-@dataclass(frozen=True)
-class AoutPlan:
+class AoutPlan(FrozenRecord):
     """Where an a.out-kludge image goes: file bytes [file_offset, +size) to `start`,
     then zeroes up to `end`."""
 
+    __slots__ = __match_args__ = ("file_offset", "size", "start", "end", "entry")
     file_offset: int
     size: int
     start: int
     end: int
     entry: int
+
+    def __init__(self, file_offset: int, size: int, start: int, end: int, entry: int) -> None:
+        self._init(file_offset, size, start, end, entry)
 
 
 def plan_aout(mem: GuestMemory, data: bytes, hdr: MultibootHeader, mem_size: int) -> AoutPlan:
@@ -182,6 +133,12 @@ def plan_aout(mem: GuestMemory, data: bytes, hdr: MultibootHeader, mem_size: int
     return AoutPlan(file_off, size, hdr.load_addr, mem_end, hdr.entry_addr)
 
 
+def _file_name(path: str) -> str:
+    """The last component of a POSIX path, as PurePosixPath(path).name (without pathlib)."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    return parts[-1] if parts else ""
+
+
 def load_multiboot(
     mem: GuestMemory,
     data: bytes,
@@ -202,7 +159,7 @@ def load_multiboot(
         bits = ", ".join(str(b) for b in range(16) if unsupported >> b & 1)
         raise BootError(f"the multiboot header requires features pyvirt does not provide (flag bits {bits})")
 
-    name = PurePosixPath(kernel_name).name or "kernel"
+    name = _file_name(kernel_name) or "kernel"
     full = f"{name} {cmdline}" if cmdline else name
     cmd = encode_cmdline(full, layout.CMDLINE_MAX - 1)
     module_string = initrd_name.encode("utf-8", "replace").replace(b"\0", b"")[: MODULES_SIZE - MODULE_ENTRY.size - 1]

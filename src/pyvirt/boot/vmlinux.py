@@ -15,11 +15,8 @@ from pyvirt.memory import GuestMemory
 
 from .bootparams import build_zero_page, synthetic_header
 from .common import BootError, BootSpec, encode_cmdline, place_initrd, write_cmdline
-from .elf import ELFCLASS64, EM_X86_64, ElfFile, entry_physical, load_segments
-
-
-def is_elf64_kernel(elf: ElfFile) -> bool:
-    return elf.elf_class == ELFCLASS64 and elf.machine == EM_X86_64
+from .detect import is_elf64_kernel  # (the format check lives with detection)
+from .elf import ELFCLASS64, EM_X86_64, ElfFile, entry_physical, load_segments  # noqa: F401
 
 
 def load_vmlinux(

@@ -2,61 +2,119 @@
 validates the host.
 
 Built on argparse so that `pyvirt run` starts in milliseconds: the VM
-process imports only the standard library and pyvirt's own modules.
+process imports only the standard library and pyvirt's own modules. A
+`pyvirt run` whose options are all plain (`--kernel FILE`, `--memory=1G`,
+`-v`...) does not even load argparse (with re, gettext and shutil that is
+milliseconds on a slow host) or its definition in parser.py: `parse_run`
+reads it into the same attributes argparse would. Everything else (help,
+abbreviations, options before `run`, values starting with "-", any error)
+goes to argparse, so its messages and corner cases are argparse's own.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 
-EXIT_STATUS_HELP = """\
-exit status:
-  (V<<1)|1  the guest wrote V to the debug-exit port (QEMU isa-debug-exit)
-  0         the guest powered off, or it was stopped (SIGINT, SIGTERM, Ctrl-A x)
-  1         pyvirt error (configuration, kernel image, KVM)
-  2         usage error
-  32        the guest reset (i8042, port 0xcf9, ACPI reset)
-  34        the guest triple-faulted
-  36        unhandled vCPU exit (e.g. emulation failure); a report goes to stderr
-"""
+from .. import _log
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+    from typing import NoReturn
+
+LOG_FORMAT = "pyvirt: %(message)s"
+WARNING = 30  # logging.WARNING
 
 
 def _int(text: str) -> int:
     return int(text, 0)
 
 
+PVM_CHOICES = ("auto", "on", "off")
+# `run` options that take a value, as build_parser declares them: option -> (dest, type).
+_RUN_OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
+    "--config": ("config", str), "--kernel": ("kernel", str), "--initrd": ("initrd", str),
+    "--cmdline": ("cmdline", str), "--memory": ("memory", str), "-m": ("memory", str),
+    "--cpus": ("cpus", int), "--smp": ("cpus", int), "--serial": ("serial", str),
+    "--debug-exit-port": ("debug_exit_port", _int), "--pvm": ("pvm", str),
+}
+
+
+class RunArgs:
+    """The namespace `build_parser().parse_args(["run", ...])` returns."""
+
+    def __init__(self) -> None:
+        self.verbose = 0
+        self.command = "run"
+        self.run_verbose = 0
+        self.config: str | None = None
+        self.kernel: str | None = None
+        self.initrd: str | None = None
+        self.cmdline: str | None = None
+        self.memory: str | None = None
+        self.cpus: int | None = None
+        self.serial: str | None = None
+        self.debug_exit_port: int | None = None
+        self.pvm: str | None = None
+
+
+def parse_run(argv: list[str]) -> RunArgs | None:
+    """`pyvirt run` options parsed as argparse would, or None for anything
+    but the plain forms, which argparse must then handle."""
+    if not argv or argv[0] != "run":
+        return None
+    args = RunArgs()
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "--verbose" or (len(arg) >= 2 and arg[0] == "-" and arg[1:] == "v" * (len(arg) - 1)):
+            args.run_verbose += 1 if arg == "--verbose" else len(arg) - 1
+            continue
+        option, eq, value = arg.partition("=")
+        if option not in _RUN_OPTIONS or (eq and not option.startswith("--")):
+            return None
+        if not eq:
+            if i == len(argv):
+                return None
+            value = argv[i]
+            i += 1
+        if value.startswith("-"):
+            return None
+        dest, convert = _RUN_OPTIONS[option]
+        try:
+            converted = convert(value)
+        except ValueError:
+            return None
+        if dest == "pvm" and converted not in PVM_CHOICES:
+            return None
+        setattr(args, dest, converted)
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pyvirt", description="pyvirt: a KVM virtual machine monitor in Python")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    """The argparse parser of the whole command line (defined in parser.py)."""
+    from .parser import build_parser
 
-    run = sub.add_parser("run", help="boot a VM in the foreground",
-                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_STATUS_HELP)
-    run.add_argument("-v", "--verbose", dest="run_verbose", action="count", default=0,
-                     help="more logging: unclaimed I/O, boot details (-vv for debug)")
-    run.add_argument("--config", metavar="FILE", help="VM settings as JSON (command-line options override them)")
-    run.add_argument("--kernel", metavar="FILE", help="PVH ELF, Linux bzImage, x86-64 ELF vmlinux or multiboot kernel")
-    run.add_argument("--initrd", metavar="FILE", help="initial ramdisk")
-    run.add_argument("--cmdline", metavar="TEXT", help="kernel command line")
-    run.add_argument("--memory", "-m", metavar="SIZE", help="guest memory, e.g. 128M, 1G (default 128M)")
-    run.add_argument("--cpus", "--smp", type=int, metavar="N", help="number of vCPUs (default 1)")
-    run.add_argument("--serial", metavar="SPEC", help="stdio (default), null, file:PATH or socket:PATH")
-    run.add_argument("--debug-exit-port", type=_int, metavar="PORT", help="debug-exit I/O port (default 0xf4)")
-    run.add_argument("--pvm", choices=("auto", "on", "off"), help="kvm_pvm compatibility layer (default auto)")
-
-    host = sub.add_parser("host", help="host information")
-    hsub = host.add_subparsers(dest="host_command", metavar="SUBCOMMAND")
-    hsub.add_parser("check", help="check that this host can run VMs (like virt-host-validate)")
-    return p
+    return build_parser()
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def __getattr__(name: str) -> object:
+    if name == "EXIT_STATUS_HELP":  # moved to parser.py with the parser
+        from .parser import EXIT_STATUS_HELP
+
+        return EXIT_STATUS_HELP
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def cmd_run(args: argparse.Namespace | RunArgs, log_level: int = WARNING) -> int:
     from ..kvm import KvmError
     from ..vmm.config import ConfigError, SerialConfig, VmConfig, parse_size
     from ..vmm.machine import Machine, VmError
 
+    # After those imports: if one of them loaded `logging`, it is configured now.
+    _log.configure(log_level, LOG_FORMAT)
     try:
         cfg = VmConfig.from_file(args.config) if args.config else VmConfig()
         if args.kernel:
@@ -96,14 +154,45 @@ def cmd_host_check() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    verbose = args.verbose + getattr(args, "run_verbose", 0)
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="pyvirt: %(message)s", stream=sys.stderr)
-    if args.command == "run":
-        return cmd_run(args)
-    if args.command == "host" and args.host_command == "check":
-        return cmd_host_check()
-    parser.print_help()
-    return 2
+    """Run the command line `argv` (default: this process's), returning the exit status.
+
+    `pyvirt run` on the process's own command line does not return: once
+    the VM is closed it ends the process at once (see `_exit_now`).
+    """
+    fast = parse_run(sys.argv[1:] if argv is None else argv)
+    if fast is not None:
+        status = cmd_run(fast, WARNING - 10 * min(fast.run_verbose, 2))
+    else:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        level = WARNING - 10 * min(args.verbose + getattr(args, "run_verbose", 0), 2)
+        if args.command != "run":
+            _log.configure(level, LOG_FORMAT)
+            if args.command == "host" and args.host_command == "check":
+                return cmd_host_check()
+            parser.print_help()
+            return 2
+        status = cmd_run(args, level)
+    if argv is None:
+        _exit_now(status)
+    return status
+
+
+def _exit_now(status: int) -> NoReturn:
+    """Flush stdout and stderr and end the process with `status`, skipping the
+    interpreter's teardown.
+
+    When `pyvirt run` returns, the VM is closed (vCPU threads joined, fds,
+    memory and terminal released) and nothing is left to clean up: no atexit
+    work, no non-daemon threads. Freeing every module and object, as a
+    normal exit does, costs about 10 ms on a slow host, a tenth of a short
+    VM's life.
+    """
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe, a closed stream: as at a normal exit, nothing to do
+            pass
+    os._exit(status)

@@ -11,10 +11,11 @@ import os
 import sys
 import termios
 import threading
-from typing import TYPE_CHECKING, Callable
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 
 if TYPE_CHECKING:
     import socket
+    from collections.abc import Callable
 
 from .config import SerialConfig
 

@@ -8,7 +8,6 @@ serves the console and signals.
 
 from __future__ import annotations
 
-import logging
 import os
 import selectors
 import signal
@@ -18,6 +17,7 @@ import threading
 import time
 
 from .. import kvm
+from .._log import DEBUG, get_logger
 from ..arch.x86 import boot_cpu, layout
 from ..devices.bus import Bus, Window
 from ..devices.irq import CallbackIrq
@@ -31,9 +31,11 @@ from .vcpu_loop import ExitHandler, StopFlag, run_vcpu
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from ..boot import BootSpec
+    from ..devices.legacy.pit import Pit
     from ..devices.protocols import BusDevice
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MSR_IA32_MISC_ENABLE = 0x1A0
 MISC_ENABLE_FAST_STRING = 1
@@ -118,7 +120,7 @@ class Machine:
         except kvm.KvmError as e:
             log.debug("KVM_SET_TSS_ADDR: %s", e)
         self.vm.create_irqchip()
-        self.pit = None
+        self.pit: Pit | None = None
         if not self.pvm:
             self.vm.create_pit2()
             # Re-injecting missed PIT ticks makes a slow guest spend all its time in the
@@ -167,8 +169,13 @@ class Machine:
             from .pvm import PIT_MIN_PERIOD
 
             vm = self.vm
-            self.pit = Pit(lambda: (vm.irq_line(0, 1), vm.irq_line(0, 0)), min_period=PIT_MIN_PERIOD)
-            devices += [(0x40, 4, self.pit, "PIT"), (0x61, 1, self.pit.speaker, "PIT speaker gate")]
+
+            def irq0_edge() -> None:
+                vm.irq_line(0, 1)
+                vm.irq_line(0, 0)
+
+            pit = self.pit = Pit(irq0_edge, min_period=PIT_MIN_PERIOD)
+            devices += [(0x40, 4, pit, "PIT"), (0x61, 1, pit.speaker, "PIT speaker gate")]
         for base, length, dev, name in devices:
             self.pio.register(base, length, dev, name)
         self.rtc.set_memory_size(self.cfg.memory)  # CMOS memory-size bytes, as firmware reports them
@@ -191,19 +198,30 @@ class Machine:
         is_linux = kernel[0x202:0x206] == b"HdrS"
         cmdline = self.cfg.cmdline
         try:
+            boot: BootSpec | None = None
             if self.pvm and is_linux:
                 from ..boot.direct import load_bzimage_direct
-                from .pvm import kernel_cmdline
+                from ..boot.payload import vmlinux_of
 
-                # Emulated, the kernel's own decompressor takes minutes: decompress here.
-                self.boot = load_bzimage_direct(self.mem, kernel, mem_size=self.cfg.memory,
-                                                cmdline=kernel_cmdline(cmdline), initrd=initrd, rsdp_addr=self.rsdp)
-            else:
-                self.boot = load_kernel(self.mem, kernel, mem_size=self.cfg.memory, cmdline=cmdline,
+                # Emulated, the kernel's own decompressor takes minutes: decompress here,
+                # when the bzImage has a payload that is a kernel (test images may not).
+                try:
+                    vmlinux = vmlinux_of(kernel)
+                except BootError as e:
+                    log.info("not booting %s directly (%s); using its own entry", self.cfg.kernel, e)
+                else:
+                    from .pvm import kernel_cmdline
+
+                    boot = load_bzimage_direct(self.mem, kernel, mem_size=self.cfg.memory,
+                                                    cmdline=kernel_cmdline(cmdline), initrd=initrd,
+                                                    rsdp_addr=self.rsdp, vmlinux=vmlinux)
+            if boot is None:
+                boot = load_kernel(self.mem, kernel, mem_size=self.cfg.memory, cmdline=cmdline,
                                         initrd=initrd, rsdp_addr=self.rsdp,
                                         kernel_name=self.cfg.kernel, initrd_name=self.cfg.initrd or "initrd")
         except BootError as e:
             raise VmError(f"{self.cfg.kernel}: {e}") from e
+        self.boot: BootSpec = boot
         log.info("loaded %s kernel, entry %#x (%s)", self.boot.protocol, self.boot.entry, self.boot.mode)
 
     def _create_vcpus(self) -> None:
@@ -325,7 +343,7 @@ class Machine:
         while not self._flag.stopping:
             time.sleep(period)
             assist.due = True  # type: ignore[attr-defined]
-            if self.pit is not None and log.isEnabledFor(logging.DEBUG):
+            if self.pit is not None and log.isEnabledFor(DEBUG):
                 ch = self.pit.channels[0]
                 log.debug("PIT: %d interrupts; channel 0 mode %d count %d armed %s",
                           self.pit.interrupts, ch.mode, ch.reload, ch.armed)

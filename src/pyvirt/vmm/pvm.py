@@ -18,18 +18,18 @@ workaround are in docs/pvm.md. In short, under kvm_pvm:
 
 from __future__ import annotations
 
-import logging
 import struct
 import sys
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 
+from .._log import DEBUG, get_logger
 from ..kvm import exits
 
 if TYPE_CHECKING:
     from ..kvm import Vcpu
     from ..memory import GuestMemory
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # CPU features the CPL0 emulator cannot execute, so the guest kernel must not
 # use them: X86_FEATURE_* numbers (32 * word + bit), which every kernel since
@@ -120,7 +120,7 @@ class PvmAssist:
             return
         self.due = False
         try:
-            if log.isEnabledFor(logging.DEBUG):  # a poor man's profile of slow emulated boots
+            if log.isEnabledFor(DEBUG):  # a poor man's profile of slow emulated boots
                 log.debug("kvm_pvm: boot vCPU at RIP %#x", vcpu.get_regs().rip)
             self.syscall.refresh(vcpu)
         except OSError as e:

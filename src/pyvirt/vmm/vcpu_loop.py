@@ -7,18 +7,21 @@ and goes back into the guest.
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING, Callable
+from .._log import get_logger
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 
 from ..kvm import exits
 from ..kvm.exits import Hlt, InternalError, Interrupted, IoIn, IoOut, MmioRead, MmioWrite, Shutdown, SystemEvent
 from . import exit_status
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..devices.bus import Bus
     from ..kvm import Vcpu
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class ExitHandler:

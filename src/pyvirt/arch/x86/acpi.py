@@ -18,7 +18,9 @@ in ACPI mode (there is no SMM firmware to hand over from), so the PM device
 must report SCI_EN set in PM1_CNT.
 
 `parse_tables` walks the tables back out of guest memory, checking
-signatures, lengths and checksums; tests and debugging tools use it.
+signatures, lengths and checksums; tests and debugging tools use it. It
+lives in acpi_parse.py, which a VM's start does not load, and is reachable
+from here as well.
 
 Structures follow the ACPI 6.5 specification, section 5.2.
 """
@@ -29,7 +31,7 @@ import struct
 
 from pyvirt.memory import GuestMemory
 
-from . import aml, layout
+from . import layout
 
 OEM_ID = b"PYVIRT"
 OEM_TABLE_ID = b"PYVIRTVM"
@@ -89,6 +91,19 @@ P_LVL2_LAT_NONE = 101
 P_LVL3_LAT_NONE = 1001
 
 SLP_TYP_S5 = 5  # what the pyvirt PM device treats as "power off"
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from .acpi_parse import parse_tables
+
+
+def __getattr__(name: str) -> object:
+    if name == "parse_tables":
+        from .acpi_parse import parse_tables
+
+        return parse_tables
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _HEADER = struct.Struct("<4sIBB6s8sI4sI")
 _GAS = struct.Struct("<BBBBQ")
@@ -181,7 +196,9 @@ def _madt(ncpus: int, *, lapic_addr: int, ioapic_addr: int, sci_irq: int) -> byt
     return _sdt(b"APIC", MADT_REVISION, bytes(body))
 
 
-def _dsdt(extra_aml: bytes) -> bytes:
+def _dsdt_aml(extra_aml: bytes) -> bytes:
+    from . import aml
+
     s5 = aml.name("_S5_", aml.package(*(aml.integer(v) for v in (SLP_TYP_S5, SLP_TYP_S5, 0, 0))))
     com1 = aml.device(
         "COM1",
@@ -189,7 +206,27 @@ def _dsdt(extra_aml: bytes) -> bytes:
         aml.name("_UID", aml.integer(0)),
         aml.name("_CRS", aml.resource_template(aml.io_port(0x3F8, 8), aml.irq_no_flags(4))),
     )
-    return _sdt(b"DSDT", DSDT_REVISION, s5 + aml.scope("\\_SB_", com1, extra_aml))
+    return s5 + aml.scope("\\_SB_", com1, extra_aml)
+
+
+# What `_dsdt_aml(b"")` encodes, written out so that starting a VM without
+# extra devices does not load the AML encoder; tests/unit/test_arch_acpi.py
+# checks that the two agree.
+_DSDT_AML = bytes.fromhex(
+    "08 5f53355f 12 08 04 0a05 0a05 00 00"  # Name(_S5_, Package(){5, 5, 0, 0})
+    "10 33 5c5f53425f"  # Scope(\\_SB_) {
+    "5b82 2b 434f4d31"  #   Device(COM1) {
+    "08 5f484944 0c 41d00501"  #     Name(_HID, EisaId("PNP0501"))
+    "08 5f554944 00"  #     Name(_UID, 0)
+    "08 5f435253 11 10 0a0d"  #     Name(_CRS, ResourceTemplate() {
+    "47 01 f803 f803 01 08"  #       IO(Decode16, 0x3F8, 0x3F8, 1, 8)
+    "22 1000"  #       IRQNoFlags() {4}
+    "79 00"  #     }) } }
+)
+
+
+def _dsdt(extra_aml: bytes) -> bytes:
+    return _sdt(b"DSDT", DSDT_REVISION, _dsdt_aml(extra_aml) if extra_aml else _DSDT_AML)
 
 
 def build_acpi(
@@ -258,82 +295,3 @@ def build_acpi(
     mem.write(xsdt_addr, xsdt)
     mem.write(rsdt_addr, rsdt)
     return base
-
-
-# Reading the tables back.
-
-
-def _read_sdt(mem: GuestMemory, addr: int, expect: bytes | None = None) -> bytes:
-    header = mem.read(addr, HEADER_LEN)
-    signature, length = header[:4], struct.unpack_from("<I", header, 4)[0]
-    if expect is not None and signature != expect:
-        raise ValueError(f"expected ACPI table {expect!r} at {addr:#x}, found {signature!r}")
-    if length < HEADER_LEN:
-        raise ValueError(f"ACPI table {signature!r} at {addr:#x} has bad length {length}")
-    table = mem.read(addr, length)
-    if sum(table) & 0xFF:
-        raise ValueError(f"ACPI table {signature!r} at {addr:#x} has a bad checksum")
-    return table
-
-
-def parse_tables(mem: GuestMemory, rsdp: int) -> dict[str, bytes]:
-    """Walk RSDP -> XSDT/RSDT -> tables -> DSDT/FACS, validating as we go.
-
-    Returns each table's bytes keyed by signature ("RSDP", "XSDT", "RSDT",
-    "FACP", "APIC", "DSDT", "FACS", ...); a repeated signature gets a numeric
-    suffix ("SSDT", "SSDT2"). Raises ValueError on a bad signature, checksum,
-    or a disagreement between the RSDT and XSDT.
-    """
-    head = mem.read(rsdp, 20)
-    if head[:8] != b"RSD PTR ":
-        raise ValueError(f"no RSDP signature at {rsdp:#x}")
-    if sum(head) & 0xFF:
-        raise ValueError(f"RSDP at {rsdp:#x} has a bad checksum")
-    revision, rsdt_addr = head[15], struct.unpack_from("<I", head, 16)[0]
-    out: dict[str, bytes] = {}
-    xsdt_addrs: list[int] | None = None
-    if revision >= 2:
-        length = mem.read_u32(rsdp + 20)
-        full = mem.read(rsdp, length)
-        if sum(full) & 0xFF:
-            raise ValueError(f"RSDP at {rsdp:#x} has a bad extended checksum")
-        out["RSDP"] = full
-        xsdt = _read_sdt(mem, struct.unpack_from("<Q", full, 24)[0], b"XSDT")
-        out["XSDT"] = xsdt
-        xsdt_addrs = [a for (a,) in struct.iter_unpack("<Q", xsdt[HEADER_LEN:])]
-    else:
-        out["RSDP"] = head
-    rsdt_addrs: list[int] | None = None
-    if rsdt_addr:
-        rsdt = _read_sdt(mem, rsdt_addr, b"RSDT")
-        out["RSDT"] = rsdt
-        rsdt_addrs = [a for (a,) in struct.iter_unpack("<I", rsdt[HEADER_LEN:])]
-    if xsdt_addrs is not None and rsdt_addrs is not None and xsdt_addrs != rsdt_addrs:
-        raise ValueError("RSDT and XSDT list different tables")
-    addrs = xsdt_addrs if xsdt_addrs is not None else rsdt_addrs or []
-
-    def add(key: str, data: bytes) -> None:
-        n, k = 1, key
-        while k in out:
-            n += 1
-            k = f"{key}{n}"
-        out[k] = data
-
-    for addr in addrs:
-        table = _read_sdt(mem, addr)
-        add(table[:4].decode("ascii", "replace"), table)
-        if table[:4] == b"FACP":
-            facs32, dsdt32 = struct.unpack_from("<II", table, 36)
-            facs64, dsdt64 = struct.unpack_from("<QQ", table, 132) if len(table) >= 148 else (0, 0)
-            for name, a32, a64 in (("FACS", facs32, facs64), ("DSDT", dsdt32, dsdt64)):
-                if a32 and a64 and a32 != a64:
-                    raise ValueError(f"FADT has different 32- and 64-bit {name} addresses")
-            if dsdt64 or dsdt32:
-                add("DSDT", _read_sdt(mem, dsdt64 or dsdt32, b"DSDT"))
-            facs_addr = facs64 or facs32
-            if facs_addr:
-                facs = mem.read(facs_addr, FACS_LEN)
-                if facs[:4] != b"FACS" or struct.unpack_from("<I", facs, 4)[0] < FACS_LEN:
-                    raise ValueError(f"bad FACS at {facs_addr:#x}")
-                add("FACS", facs)
-    return out

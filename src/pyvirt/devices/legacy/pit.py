@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable
+from ._common import VALID_SIZES, lazy_states, ones
 
-from ._common import VALID_SIZES, ones
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .states import PitState
+
+__getattr__ = lazy_states(__name__, ("PitState",))
 
 PIT_HZ = 1_193_182
 BASE = 0x40
@@ -29,15 +34,6 @@ SPEAKER_PORT = 0x61
 
 # access modes in the control word (bits 5:4)
 LATCH, LOBYTE, HIBYTE, WORD = 0, 1, 2, 3
-
-
-@dataclass(frozen=True)
-class PitState:
-    """Plain data of one PIT: per channel (mode, access, reload, elapsed ticks, latch, toggles)."""
-
-    channels: tuple[tuple[int, int, int, int, int, int, int, int], ...]
-    speaker: int
-    version: int = 1
 
 
 class _Channel:
@@ -211,6 +207,8 @@ class Pit:
                     self._lock.acquire()
 
     def state(self) -> PitState:
+        from .states import PitState
+
         with self._lock:
             now = self._clock()
             return PitState(
@@ -221,6 +219,8 @@ class Pit:
             )
 
     def restore(self, state: PitState) -> None:
+        from .states import PitState
+
         if not isinstance(state, PitState) or state.version != 1 or len(state.channels) != 3:
             raise ValueError("not a version-1 PIT state with 3 channels")
         for mode, access, reload, _elapsed, latched, *_ in state.channels:

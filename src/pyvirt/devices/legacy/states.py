@@ -105,3 +105,12 @@ class SerialStatistics:
     rx_bytes: int
     rx_dropped: int
     overruns: int
+
+
+@dataclass(frozen=True)
+class PitState:
+    """Plain data of one PIT: per channel (mode, access, reload, elapsed ticks, latch, toggles)."""
+
+    channels: tuple[tuple[int, int, int, int, int, int, int, int], ...]
+    speaker: int
+    version: int = 1

@@ -1,0 +1,47 @@
+"""The `pyvirt` command line as an argparse parser.
+
+`main` loads this only when `parse_run` leaves the command line to argparse
+(help, errors, `host check`...): a plain `pyvirt run` does without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .main import PVM_CHOICES, _int
+
+EXIT_STATUS_HELP = """\
+exit status:
+  (V<<1)|1  the guest wrote V to the debug-exit port (QEMU isa-debug-exit)
+  0         the guest powered off, or it was stopped (SIGINT, SIGTERM, Ctrl-A x)
+  1         pyvirt error (configuration, kernel image, KVM)
+  2         usage error
+  32        the guest reset (i8042, port 0xcf9, ACPI reset)
+  34        the guest triple-faulted
+  36        unhandled vCPU exit (e.g. emulation failure); a report goes to stderr
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pyvirt", description="pyvirt: a KVM virtual machine monitor in Python")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="boot a VM in the foreground",
+                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_STATUS_HELP)
+    run.add_argument("-v", "--verbose", dest="run_verbose", action="count", default=0,
+                     help="more logging: unclaimed I/O, boot details (-vv for debug)")
+    run.add_argument("--config", metavar="FILE", help="VM settings as JSON (command-line options override them)")
+    run.add_argument("--kernel", metavar="FILE", help="PVH ELF, Linux bzImage, x86-64 ELF vmlinux or multiboot kernel")
+    run.add_argument("--initrd", metavar="FILE", help="initial ramdisk")
+    run.add_argument("--cmdline", metavar="TEXT", help="kernel command line")
+    run.add_argument("--memory", "-m", metavar="SIZE", help="guest memory, e.g. 128M, 1G (default 128M)")
+    run.add_argument("--cpus", "--smp", type=int, metavar="N", help="number of vCPUs (default 1)")
+    run.add_argument("--serial", metavar="SPEC", help="stdio (default), null, file:PATH or socket:PATH")
+    run.add_argument("--debug-exit-port", type=_int, metavar="PORT", help="debug-exit I/O port (default 0xf4)")
+    run.add_argument("--pvm", choices=PVM_CHOICES, help="kvm_pvm compatibility layer (default auto)")
+
+    host = sub.add_parser("host", help="host information")
+    hsub = host.add_subparsers(dest="host_command", metavar="SUBCOMMAND")
+    hsub.add_parser("check", help="check that this host can run VMs (like virt-host-validate)")
+    return p
