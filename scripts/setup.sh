@@ -11,6 +11,10 @@ command -v make >/dev/null || need+=(make)
 command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
+# `make test` also runs the guest kit under QEMU, the peer it is cross-checked against.
+if [ "${PYVIRT_TEST_DEPS:-0}" = 1 ]; then
+    command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+fi
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "setup: missing ${need[*]}; run as root or install them with apt-get" >&2
