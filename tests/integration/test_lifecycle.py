@@ -186,3 +186,20 @@ def test_serial_socket_is_interactive(image, tmp_path):
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_keyboard_controller_reset_ends_the_vm(image):
+    r = run_pyvirt(["run", "--kernel", image(bytes.fromhex("b0fe e664") + images.HANG)])  # out 0x64, 0xfe
+    assert r.status == 32, r.stderr
+
+
+def test_acpi_s5_powers_off(image):
+    # PM1a_CNT (0x604) <- SLP_TYP 5 | SLP_EN, as the DSDT's \_S5 tells an OS to write
+    code = bytes.fromhex("66ba0406") + bytes.fromhex("66b8") + ((5 << 10) | (1 << 13)).to_bytes(2, "little")
+    r = run_pyvirt(["run", "--kernel", image(code + bytes.fromhex("66ef") + images.HANG)])  # out dx, ax
+    assert r.status == 0, r.stderr
+
+
+def test_port_0xcf9_reset(image):
+    r = run_pyvirt(["run", "--kernel", image(bytes.fromhex("66baf90c b006 ee") + images.HANG)])
+    assert r.status == 32, r.stderr
