@@ -17,8 +17,9 @@ from pyvirt.memory import GuestMemory
 
 from .bootparams import HDR_START, XLF_KERNEL_64, SetupHeader, build_zero_page
 from .common import BootError, BootSpec, encode_cmdline, place_initrd, write_cmdline
-from .elf import ELFCLASS64, EM_X86_64, entry_physical, load_segments, parse_elf
+from .elf import entry_physical, load_segments, parse_elf
 from .payload import vmlinux_of
+from .vmlinux import is_elf64_kernel
 
 
 SETUP_DATA_PTR = 0x250  # u64 in the setup header: head of the setup_data list
@@ -59,7 +60,7 @@ def load_bzimage_direct(
     if vmlinux is None:
         vmlinux = vmlinux_of(data)
     elf = parse_elf(vmlinux)
-    if elf.elf_class != ELFCLASS64 or elf.machine != EM_X86_64:
+    if not is_elf64_kernel(elf):
         raise BootError("the bzImage payload is not an x86-64 ELF kernel")
     entry = entry_physical(elf)
     cmd = encode_cmdline(cmdline, min(hdr.cmdline_size, layout.CMDLINE_MAX - 1))

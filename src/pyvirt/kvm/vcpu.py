@@ -45,13 +45,9 @@ class Vcpu:
 
     # --- running -----------------------------------------------------------
     def run(self) -> exits.Exit:
-        """Enter the guest until the next exit; the GIL is released meanwhile."""
-        try:
-            fcntl.ioctl(self.fd, _KVM_RUN, 0)
-        except OSError as e:
-            if e.errno in (errno.EINTR, errno.EAGAIN):
-                return _INTR
-            raise KvmError("KVM_RUN", e.errno or errno.EIO) from e
+        """Enter the guest until the next exit, decoded; the GIL is released meanwhile."""
+        if self.run_reason() == exits.EXIT_INTR:
+            return _INTR  # after EINTR the page still holds the previous exit
         return exits.decode(self.run_page)
 
     def run_reason(self) -> int:

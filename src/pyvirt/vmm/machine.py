@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ..boot import BootSpec
     from ..devices.legacy.pit import Pit
     from ..devices.protocols import BusDevice
+    from .pvm import PvmAssist
 
 log = get_logger(__name__)
 
@@ -84,8 +85,7 @@ class Machine:
         self.status: int | None = None
         self.reason = ""
         self._stop_lock = threading.Lock()
-        self._stopping = False
-        self._flag = StopFlag()
+        self._flag = StopFlag()  # read by every vCPU loop iteration
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.threads: list[threading.Thread] = []
         self.vcpus: list[kvm.Vcpu] = []
@@ -271,9 +271,8 @@ class Machine:
     def stop(self, status: int, reason: str, vcpu_index: int | None = None) -> None:
         """End the VM (first caller wins); safe from any thread or signal handler."""
         with self._stop_lock:
-            if self._stopping:
+            if self._flag.stopping:
                 return
-            self._stopping = True
             self._flag.stopping = True
             self.status = status
             self.reason = reason
@@ -288,9 +287,6 @@ class Machine:
                 except (ProcessLookupError, OSError):
                     pass
         os.eventfd_write(self._wake, 1)
-
-    def is_stopping(self) -> bool:
-        return self._stopping
 
     def run(self) -> int:
         """Run until the VM ends; returns the exit status."""
@@ -332,17 +328,17 @@ class Machine:
             if in_main:
                 for sig, h in old_handlers.items():
                     signal.signal(sig, h)
-        if self.reason and self.status not in (None,) and not self.reason.startswith("the guest wrote"):
+        if self.reason and not self.reason.startswith("the guest wrote"):
             log.info("%s", self.reason)
         return self.status if self.status is not None else exit_status.ERROR
 
-    def _pvm_watch(self, assist: object, period: float = 1.0) -> None:
+    def _pvm_watch(self, assist: PvmAssist, period: float = 1.0) -> None:
         """Once a second, interrupt the boot vCPU so the PVM layer can look at
         guest state (its SYSCALL fix-up waits for the kernel's IDT and LSTAR)."""
         t = self.threads[0]
         while not self._flag.stopping:
             time.sleep(period)
-            assist.due = True  # type: ignore[attr-defined]
+            assist.due = True
             if self.pit is not None and log.isEnabledFor(DEBUG):
                 ch = self.pit.channels[0]
                 log.debug("PIT: %d interrupts; channel 0 mode %d count %d armed %s",
@@ -364,7 +360,7 @@ class Machine:
         sel = selectors.DefaultSelector()
         sel.register(self._wake, selectors.EVENT_READ)
         registered: set[int] = set()
-        while not self._stopping:
+        while not self._flag.stopping:
             want = set(self.console.readable_fds())
             for fd in registered - want:
                 sel.unregister(fd)
