@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import NoReturn
 
+    from ..vmm.config import VmConfig
+
 LOG_FORMAT = "pyvirt: %(message)s"
 WARNING = 30  # logging.WARNING
 
@@ -57,6 +59,14 @@ class RunArgs:
         self.serial: str | None = None
         self.debug_exit_port: int | None = None
         self.pvm: str | None = None
+        # virtio devices: only argparse fills these (the fast path leaves them unset)
+        self.disk: list[str] | None = None
+        self.net: list[str] | None = None
+        self.vsock: str | None = None
+        self.rng = False
+        self.balloon = False
+        self.console: str | None = None
+        self.transport: str | None = None
 
 
 def parse_run(argv: list[str]) -> RunArgs | None:
@@ -133,6 +143,7 @@ def cmd_run(args: argparse.Namespace | RunArgs, log_level: int = WARNING) -> int
             cfg.debug_exit_port = args.debug_exit_port
         if args.pvm:
             cfg.pvm = args.pvm
+        _device_args(cfg, args)
         machine = Machine(cfg)
     except (ConfigError, VmError, KvmError) as e:
         print(f"pyvirt: {e}", file=sys.stderr)
@@ -141,6 +152,26 @@ def cmd_run(args: argparse.Namespace | RunArgs, log_level: int = WARNING) -> int
         return machine.run()
     finally:
         machine.close()
+
+
+def _device_args(cfg: "VmConfig", args: "argparse.Namespace | RunArgs") -> None:
+    """Virtio options (only argparse fills them: the fast path has none)."""
+    disks, nets, vsock = getattr(args, "disk", None), getattr(args, "net", None), getattr(args, "vsock", None)
+    if disks or nets or vsock:
+        from ..vmm.device_config import DiskConfig, NetConfig, VsockConfig
+
+        if disks:
+            cfg.disks = [DiskConfig.parse(d) for d in disks]
+        if nets:
+            cfg.nets = [NetConfig.parse(n) for n in nets]
+        if vsock:
+            cfg.vsock = VsockConfig.parse(vsock)
+    for name in ("rng", "balloon"):
+        if getattr(args, name, False):
+            setattr(cfg, name, True)
+    for name in ("console", "transport"):
+        if getattr(args, name, None):
+            setattr(cfg, name, getattr(args, name))
 
 
 def cmd_host_check() -> int:

@@ -40,6 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--serial", metavar="SPEC", help="stdio (default), null, file:PATH or socket:PATH")
     run.add_argument("--debug-exit-port", type=_int, metavar="PORT", help="debug-exit I/O port (default 0xf4)")
     run.add_argument("--pvm", choices=PVM_CHOICES, help="kvm_pvm compatibility layer (default auto)")
+    dev = run.add_argument_group("virtio devices")
+    dev.add_argument("--disk", action="append", metavar="SPEC",
+                     help="path=IMG[,readonly=on][,serial=ID][,iops=N][,bps=N]: a virtio-blk disk (repeatable)")
+    dev.add_argument("--net", action="append", metavar="SPEC",
+                     help="tap=NAME[,mac=MAC]: a virtio-net NIC on a TAP device, created if missing (repeatable)")
+    dev.add_argument("--vsock", metavar="SPEC",
+                     help="cid=N,socket=PATH: virtio-vsock; guest connections to port P reach PATH_P, "
+                          "host connections to PATH send 'CONNECT P'")
+    dev.add_argument("--rng", action="store_true", help="virtio-rng fed from the host's getrandom()")
+    dev.add_argument("--balloon", action="store_true", help="virtio-balloon (inflate/deflate through the control API)")
+    dev.add_argument("--console", choices=("serial", "virtio"), help="where the console goes (default serial)")
+    dev.add_argument("--transport", choices=("pci", "mmio"), help="virtio transport (default pci)")
 
     host = sub.add_parser("host", help="host information")
     hsub = host.add_subparsers(dest="host_command", metavar="SUBCOMMAND")

@@ -22,3 +22,16 @@ class IrqLine(Protocol):
     """A level-sensitive line into the interrupt controller."""
 
     def set_level(self, level: bool) -> None: ...
+
+
+class VirtioInterrupt(Protocol):
+    """How a virtio device tells the driver something happened; the transport
+    implements it (MMIO: ISR bit + IRQ line; PCI: MSI-X vector or INTx)."""
+
+    def used(self, queue: int) -> None:
+        """Buffers were returned in the used ring of `queue`."""
+        ...
+
+    def config_changed(self) -> None:
+        """The device's config space (or its NEEDS_RESET status) changed."""
+        ...

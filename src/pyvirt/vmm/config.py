@@ -76,11 +76,13 @@ class SerialConfig(Record):
 
 
 class VmConfig(Record):
-    __slots__ = __match_args__ = ("kernel", "initrd", "cmdline", "memory", "cpus", "serial", "debug_exit_port", "pvm")
+    __slots__ = __match_args__ = ("kernel", "initrd", "cmdline", "memory", "cpus", "serial", "debug_exit_port", "pvm",
+                                  "disks", "nets", "vsock", "rng", "balloon", "console", "transport")
 
     def __init__(self, kernel: str = "", initrd: str | None = None, cmdline: str = "", memory: int = 128 << 20,
                  cpus: int = 1, serial: SerialConfig | None = None, debug_exit_port: int = 0xF4,
-                 pvm: str = "auto") -> None:
+                 pvm: str = "auto", disks: list | None = None, nets: list | None = None, vsock: object = None,
+                 rng: bool = False, balloon: bool = False, console: str = "serial", transport: str = "pci") -> None:
         self.kernel = kernel
         self.initrd = initrd
         self.cmdline = cmdline
@@ -89,6 +91,18 @@ class VmConfig(Record):
         self.serial = serial if serial is not None else SerialConfig()
         self.debug_exit_port = debug_exit_port
         self.pvm = pvm  # auto | on | off: the kvm_pvm compatibility layer
+        # virtio devices (vmm/device_config.py records), loaded only when used
+        self.disks: list = disks if disks is not None else []  # [DiskConfig]
+        self.nets: list = nets if nets is not None else []  # [NetConfig]
+        self.vsock = vsock  # VsockConfig | None
+        self.rng = rng
+        self.balloon = balloon
+        self.console = console  # serial | virtio (the serial port then carries only early output)
+        self.transport = transport  # pci | mmio
+
+    @property
+    def has_virtio(self) -> bool:
+        return bool(self.disks or self.nets or self.vsock or self.rng or self.balloon or self.console == "virtio")
 
     def validate(self) -> None:
         if not self.kernel:
@@ -106,6 +120,12 @@ class VmConfig(Record):
             raise ConfigError(f"debug-exit port {self.debug_exit_port:#x} is not an I/O port")
         if self.pvm not in ("auto", "on", "off"):
             raise ConfigError(f"pvm {self.pvm!r}: use auto, on or off")
+        if self.console not in ("serial", "virtio"):
+            raise ConfigError(f"console {self.console!r}: use serial or virtio")
+        if self.transport not in ("pci", "mmio"):
+            raise ConfigError(f"transport {self.transport!r}: use pci or mmio")
+        for disk in self.disks:
+            disk.validate()
 
     @classmethod
     def from_file(cls, path: str) -> "VmConfig":
@@ -138,5 +158,35 @@ class VmConfig(Record):
                 value = os.path.join(base, value)
             elif key in ("cpus", "debug_exit_port") and not isinstance(value, int):
                 raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
+            elif key in ("disks", "nets", "vsock"):
+                value = _device_configs(key, value, base)
+            elif key in ("rng", "balloon") and not isinstance(value, bool):
+                raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
             setattr(cfg, key, value)
         return cfg
+
+
+def _device_configs(key: str, value: object, base: str | None) -> object:
+    """`disks`/`nets` (lists) and `vsock` from a config file: each item is
+    either the command line's option string or an object with its keys."""
+    from .device_config import DiskConfig, NetConfig, VsockConfig
+
+    kind = {"disks": DiskConfig, "nets": NetConfig, "vsock": VsockConfig}[key]
+
+    def one(item: object) -> object:
+        if isinstance(item, str):
+            text = item
+        elif isinstance(item, dict):
+            text = ",".join(f"{k}={'on' if v is True else 'off' if v is False else v}" for k, v in item.items())
+        else:
+            raise ConfigError(f"config key {key!r}: expected an option string or an object, got {item!r}")
+        cfg = kind.parse(text)
+        if isinstance(cfg, DiskConfig) and base is not None and not os.path.isabs(cfg.path):
+            cfg.path = os.path.join(base, cfg.path)
+        return cfg
+
+    if key == "vsock":
+        return None if value is None else one(value)
+    if not isinstance(value, list):
+        raise ConfigError(f"config key {key!r} must be a list")
+    return [one(v) for v in value]

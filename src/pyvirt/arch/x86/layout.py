@@ -36,6 +36,18 @@ MMIO_HOLE_START = 3 * GiB
 MMIO_HOLE_END = 4 * GiB
 IOAPIC_ADDR = 0xFEC00000
 LAPIC_ADDR = 0xFEE00000
+
+# Inside the MMIO hole: PCI BARs, then virtio-mmio slots, then PCI ECAM.
+PCI_MMIO_START = 0xC000_0000  # 32-bit BARs are placed from here ...
+PCI_MMIO_END = 0xD000_0000  # ... to here
+VIRTIO_MMIO_BASE = 0xD000_0000  # slot i is at VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_STRIDE
+VIRTIO_MMIO_STRIDE = 0x1000
+VIRTIO_MMIO_SLOTS = 32
+PCI_ECAM_BASE = 0xE000_0000  # bus 0 only: 32 devices x 8 functions x 4 KiB = 1 MiB
+PCI_ECAM_SIZE = 0x10_0000
+# Legacy IRQs free for devices (0-4 and 8 are the PIT, keyboard, cascade,
+# serial ports and RTC); a PIC-only guest can use nothing else.
+DEVICE_IRQS = (5, 6, 7, 9, 10, 11, 12, 14, 15)
 TSS_ADDR = 0xFFFBD000  # 3 pages KVM needs on Intel (KVM_SET_TSS_ADDR)
 IDENTITY_MAP_ADDR = 0xFFFBC000
 
