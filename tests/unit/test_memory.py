@@ -65,3 +65,20 @@ def test_anonymous_region_requires_page_multiple():
     assert r.host_address() != 0
     r.view.release()
     r.buf.close()
+
+
+def test_discard_zeroes_whole_pages_only():
+    for mem in (GuestMemory.from_bytearray(16 * 4096), GuestMemory([Region.anonymous(0, 4 << 20)])):
+        mem.write(0, b"\xaa" * (16 * 4096))
+        mem.discard(100, 3 * 4096)  # covers pages 1 and 2 fully, 0 and 3 partly
+        assert mem.read(0, 4096) == b"\xaa" * 4096
+        assert mem.read(4096, 2 * 4096) == bytes(2 * 4096)
+        assert mem.read(3 * 4096, 4096) == b"\xaa" * 4096
+        mem.discard(5 * 4096, 10)  # less than a page: nothing
+        assert mem.read(5 * 4096, 10) == b"\xaa" * 10
+
+
+def test_discard_outside_memory_is_refused():
+    mem = GuestMemory.from_bytearray(4 * 4096)
+    with pytest.raises(GuestMemoryError):
+        mem.discard(2 * 4096, 8 * 4096)

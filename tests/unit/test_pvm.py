@@ -143,3 +143,42 @@ def test_unknown_handler_prologue_is_not_hooked():
     fix = pvm.SyscallFixup(mem)
     fix.refresh(v)
     assert mem.read(0x5000, 1) == b"\x48" and not fix.handle(v, 0x1234)
+
+
+def _tick(assist, v):
+    assist.due = True
+    assist.tick(v)
+
+
+def test_halt_with_interrupts_off_ends_the_vm_after_a_few_samples():
+    mem = GuestMemory.from_bytearray(0x10000)
+    mem.write(0x1000, bytes.fromhex("f4 eb fd"))  # hlt; jmp back: Linux's halt loop
+    halts = []
+    assist = pvm.PvmAssist(mem, on_halt=lambda: halts.append(1))
+    v = FakeVcpu(mem, rip=0x1001)  # just after the HLT, as a vCPU that left it
+    v.regs.rflags = 0x2  # IF=0
+    for _ in range(pvm.HALT_TICKS - 1):
+        _tick(assist, v)
+    assert not halts
+    _tick(assist, v)
+    assert halts == [1]
+
+
+def test_idle_halt_with_interrupts_on_is_not_a_halted_guest():
+    mem = GuestMemory.from_bytearray(0x10000)
+    mem.write(0x1000, bytes.fromhex("f4 eb fd"))
+    halts = []
+    assist = pvm.PvmAssist(mem, on_halt=lambda: halts.append(1))
+    v = FakeVcpu(mem, rip=0x1001)
+    v.regs.rflags = 0x202  # IF=1: an idle loop the next interrupt ends
+    for _ in range(pvm.HALT_TICKS * 2):
+        _tick(assist, v)
+    # and a busy vCPU with IF=0 resets the count
+    v.regs.rflags, v.regs.rip = 0x2, 0x1001
+    for _ in range(pvm.HALT_TICKS - 1):
+        _tick(assist, v)
+    v.regs.rip = 0x2000
+    _tick(assist, v)
+    v.regs.rip = 0x1001
+    _tick(assist, v)
+    assert not halts

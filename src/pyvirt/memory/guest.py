@@ -130,6 +130,20 @@ class GuestMemory:
     def write_u64(self, gpa: int, v: int) -> None:
         _U64.pack_into(self.view(gpa, 8), 0, v)
 
+    def discard(self, gpa: int, length: int) -> None:
+        """Give whole pages in [gpa, gpa+length) back to the host: they read as
+        zero afterwards and cost no host memory until touched (balloon, free
+        page reporting). Partial pages at the ends are left alone."""
+        start = (gpa + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        end = (gpa + length) & ~(PAGE_SIZE - 1)
+        if end <= start:
+            return
+        r, off = self._find(start, end - start)
+        if isinstance(r.buf, mmap.mmap):
+            r.buf.madvise(mmap.MADV_DONTNEED, off, end - start)
+        else:
+            r.view[off:off + end - start] = bytes(end - start)
+
     def read_cstr(self, gpa: int, limit: int = 4096) -> bytes:
         """A NUL-terminated string starting at gpa, at most `limit` bytes."""
         r, off = self._find(gpa, 1)

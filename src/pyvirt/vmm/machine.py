@@ -294,7 +294,8 @@ class Machine:
         if self.pvm:
             from .pvm import PvmAssist
 
-            assist = PvmAssist(self.mem)
+            assist = PvmAssist(self.mem, on_halt=lambda: self.stop(
+                exit_status.POWEROFF, "the guest halted with interrupts off (e.g. poweroff without ACPI)"))
         handler = ExitHandler(self.pio, self.mmio, self.stop, assist=assist)
         if assist is not None:
             handler.tick = assist.tick

@@ -26,6 +26,8 @@ from .._log import DEBUG, get_logger
 from ..kvm import exits
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..kvm import Vcpu
     from ..memory import GuestMemory
 
@@ -46,7 +48,11 @@ CLEAR_CPUID = ",".join(str(n) for n in CLEAR_FEATURES.values())
 # (`noxsave` is gone from newer kernels; clearing the xsave bit does the same.)
 # The TSC read from guest kernel code does not advance under kvm_pvm (a 6.1
 # kernel's clock stopped when it switched to it): stay on kvm-clock.
-KERNEL_PARAMS = (f"clearcpuid={CLEAR_CPUID}", "clocksource=kvm-clock", "tsc=unstable")
+# Timekeeping: with a high-resolution clocksource (tsc, kvm-clock) Linux moves
+# its tick to one-shot mode, and here its timer code then stalls for good
+# (docs/pvm.md). Keeping jiffies as the clocksource with a periodic tick
+# (no high-resolution timers, no tickless idle) boots to user space.
+KERNEL_PARAMS = (f"clearcpuid={CLEAR_CPUID}", "clocksource=jiffies", "highres=off", "nohz=off", "tsc=unstable")
 
 # Instructions that end in KVM_EXIT_INTERNAL_ERROR (emulation failure) here.
 # Fences and x87 housekeeping are no-ops for a VM whose vCPUs don't share
@@ -61,6 +67,9 @@ SKIP = {
     bytes.fromhex("0f77"): "emms",
 }
 BP_VECTOR, UD_VECTOR = 3, 6
+HLT = b"\xf4"
+RFLAGS_IF = 1 << 9
+HALT_TICKS = 3  # one-second samples on a HLT with IF=0 before the guest counts as halted
 # The in-kernel PIT is replaced by a user-space one delivering IRQ 0 at most
 # this often: one emulated timer interrupt costs ~10 ms, and at Linux's 250 Hz
 # the kernel stalls in its timer code once it switches to one-shot mode.
@@ -108,11 +117,13 @@ class PvmAssist:
     """The exit assist the vCPU loop calls for exits it cannot handle itself,
     and its periodic `tick` (which plants the SYSCALL fix-up)."""
 
-    def __init__(self, mem: "GuestMemory") -> None:
+    def __init__(self, mem: "GuestMemory", on_halt: "Callable[[], None] | None" = None) -> None:
         self.mem = mem
         self.counts: dict[str, int] = {}
         self.syscall = SyscallFixup(mem)
         self.due = False
+        self.on_halt = on_halt
+        self._halted_ticks = 0
 
     def tick(self, vcpu: "Vcpu") -> None:
         """Called on the boot vCPU's thread when a signal interrupted KVM_RUN."""
@@ -123,8 +134,29 @@ class PvmAssist:
             if log.isEnabledFor(DEBUG):  # a poor man's profile of slow emulated boots
                 log.debug("kvm_pvm: boot vCPU at RIP %#x", vcpu.get_regs().rip)
             self.syscall.refresh(vcpu)
+            self._check_halted(vcpu)
         except OSError as e:
             log.debug("kvm_pvm: SYSCALL hook refresh failed: %s", e)
+
+    def _check_halted(self, vcpu: "Vcpu") -> None:
+        """A guest that halts with interrupts off (Linux's `poweroff -f` without
+        ACPI ends so) never runs again; here that HLT does not put the vCPU to
+        sleep but spins a host CPU, so pyvirt ends the VM once it has seen the
+        vCPU on such a HLT at HALT_TICKS samples in a row."""
+        if self.on_halt is None:
+            return
+        regs = vcpu.get_regs()
+        halted = False
+        if not regs.rflags & RFLAGS_IF:
+            code, rip = _code_at_rip(vcpu, self.mem)
+            before = b""
+            gpa = vcpu.translate(vcpu.get_sregs().cs.base + rip - 1)
+            if gpa is not None and self.mem.contains(gpa, 1):
+                before = self.mem.read(gpa, 1)
+            halted = code[:1] == HLT or before == HLT
+        self._halted_ticks = self._halted_ticks + 1 if halted else 0
+        if self._halted_ticks >= HALT_TICKS:
+            self.on_halt()
 
     def __call__(self, vcpu: "Vcpu", e: exits.Exit) -> bool:
         if not isinstance(e, exits.InternalError) or e.suberror != exits.INTERNAL_ERROR_EMULATION:
