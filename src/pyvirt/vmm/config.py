@@ -14,6 +14,10 @@ import os
 
 from .._record import Record
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .device_config import DiskConfig, NetConfig, VsockConfig
+
 PAGE_SIZE = 4096
 
 
@@ -81,7 +85,8 @@ class VmConfig(Record):
 
     def __init__(self, kernel: str = "", initrd: str | None = None, cmdline: str = "", memory: int = 128 << 20,
                  cpus: int = 1, serial: SerialConfig | None = None, debug_exit_port: int = 0xF4,
-                 pvm: str = "auto", disks: list | None = None, nets: list | None = None, vsock: object = None,
+                 pvm: str = "auto", disks: list[DiskConfig] | None = None, nets: list[NetConfig] | None = None,
+                 vsock: VsockConfig | None = None,
                  rng: bool = False, balloon: bool = False, console: str = "serial", transport: str = "pci") -> None:
         self.kernel = kernel
         self.initrd = initrd
@@ -92,8 +97,8 @@ class VmConfig(Record):
         self.debug_exit_port = debug_exit_port
         self.pvm = pvm  # auto | on | off: the kvm_pvm compatibility layer
         # virtio devices (vmm/device_config.py records), loaded only when used
-        self.disks: list = disks if disks is not None else []  # [DiskConfig]
-        self.nets: list = nets if nets is not None else []  # [NetConfig]
+        self.disks: list[DiskConfig] = disks if disks is not None else []
+        self.nets: list[NetConfig] = nets if nets is not None else []
         self.vsock = vsock  # VsockConfig | None
         self.rng = rng
         self.balloon = balloon
@@ -171,7 +176,8 @@ def _device_configs(key: str, value: object, base: str | None) -> object:
     either the command line's option string or an object with its keys."""
     from .device_config import DiskConfig, NetConfig, VsockConfig
 
-    kind = {"disks": DiskConfig, "nets": NetConfig, "vsock": VsockConfig}[key]
+    kind: type[DiskConfig | NetConfig | VsockConfig] = {"disks": DiskConfig, "nets": NetConfig,
+                                                          "vsock": VsockConfig}[key]
 
     def one(item: object) -> object:
         if isinstance(item, str):

@@ -34,7 +34,9 @@ if TYPE_CHECKING:
     from ..boot import BootSpec
     from ..devices.legacy.pit import Pit
     from ..devices.protocols import BusDevice
+    from ..devices.pci.bus import PciBus
     from .pvm import PvmAssist
+    from .virtio_setup import VirtioSetup
 
 log = get_logger(__name__)
 
@@ -129,6 +131,9 @@ class Machine:
 
         self.mem = self._map_memory(cfg.memory)
         self._add_devices()
+        self.virtio: VirtioSetup | None = None
+        if cfg.has_virtio:
+            self._add_virtio()
         self._setup_firmware_and_kernel(kernel, initrd)
         self._create_vcpus()
 
@@ -160,8 +165,17 @@ class Machine:
             (0x510, 2, self.fw_cfg, "fw_cfg"),
             (0x600, 12, AcpiPm(on_poweroff=lambda: self.stop(exit_status.POWEROFF, "the guest powered off (ACPI S5)"),
                                on_reset=reset, sci=CallbackIrq(SCI_IRQ, irq_line)), "ACPI PM"),
-            (0xCF8, 8, PciConfigPorts(on_reset=reset), "PCI config"),
         ]
+        self.pci: PciBus | None = None
+        if self.cfg.has_virtio and self.cfg.transport == "pci":
+            from ..devices.pci.bus import PciBus
+
+            # The VMM plays firmware: BARs are assigned before the guest starts.
+            self.pci = PciBus(self.mmio, on_bar_change=self._bar_changed)
+            devices.append((0xCF8, 8, self.pci.config_ports(on_reset=reset), "PCI config"))
+            self.mmio.register(layout.PCI_ECAM_BASE, layout.PCI_ECAM_SIZE, self.pci.ecam(), "PCI ECAM")
+        else:
+            devices.append((0xCF8, 8, PciConfigPorts(on_reset=reset), "PCI config"))
         if self.pvm:
             # Each emulated timer interrupt costs the guest ~10 ms here: a user-space
             # PIT delivers IRQ 0 at a capped rate (docs/pvm.md).
@@ -180,6 +194,21 @@ class Machine:
             self.pio.register(base, length, dev, name)
         self.rtc.set_memory_size(self.cfg.memory)  # CMOS memory-size bytes, as firmware reports them
 
+    def _add_virtio(self) -> None:
+        from ..devices.pci.bus import PciBus
+        from .virtio_setup import VirtioSetup
+
+        pci = self.pci if self.pci is not None else PciBus()  # a bus nobody reaches, for mmio-only VMs
+        self.virtio = VirtioSetup(self.cfg, self.vm, self.mem, self.mmio, pci, self.console.write)
+        self.virtio.build()
+        con = self.virtio.console_device
+        if con is not None:
+            self.console.receive = con.input  # type: ignore[attr-defined]
+
+    def _bar_changed(self, device: object, bar: int, old: int | None, new: int | None) -> None:
+        if self.virtio is not None:
+            self.virtio.on_bar_change(device, bar, old, new)  # type: ignore[arg-type]
+
     def _debug_exit(self, value: int) -> None:
         self.stop(exit_status.debug_exit(value), f"the guest wrote {value:#x} to the debug-exit port")
 
@@ -197,6 +226,9 @@ class Machine:
         self.rsdp = build_acpi(self.mem, self.cfg.cpus)
         is_linux = kernel[0x202:0x206] == b"HdrS"
         cmdline = self.cfg.cmdline
+        if is_linux and self.virtio is not None and self.virtio.mmio_slots:
+            # Linux finds virtio-mmio devices through its command line.
+            cmdline = " ".join([cmdline, *self.virtio.cmdline_params()]).strip()
         try:
             boot: BootSpec | None = None
             if self.pvm and is_linux:
@@ -315,6 +347,8 @@ class Machine:
                 t.start()
             if assist is not None:
                 threading.Thread(target=self._pvm_watch, args=(assist,), name="pvm-watch", daemon=True).start()
+            if self.virtio is not None:
+                self.virtio.start()
             if self.pit is not None:
                 threading.Thread(target=self.pit.run, args=(lambda: self._flag.stopping,), name="pit",
                                  daemon=True).start()
@@ -381,6 +415,8 @@ class Machine:
         sel.close()
 
     def close(self) -> None:
+        if self.virtio is not None:
+            self.virtio.close()
         for vcpu in self.vcpus:
             vcpu.close()
         self.vm.close()
