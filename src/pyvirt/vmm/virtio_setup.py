@@ -102,7 +102,7 @@ class VirtioSetup:
             backend = open_disk(d.path, readonly=d.readonly, serial=d.serial or None,
                                 format=d.format or None)
         except DiskError as e:
-            raise ConfigError(f"--disk {d.path}: {e}") from e
+            raise ConfigError(f"--disk: {e}") from e
         limiter = None
         if d.iops or d.bps:
             from ..disk.ratelimit import RateLimiter, TokenBucket

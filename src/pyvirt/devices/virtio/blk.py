@@ -1,0 +1,362 @@
+"""virtio-blk: a disk for the guest, over any `BlockBackend`.
+
+Specification: VIRTIO 1.2 section 5.2. One request queue. A request is a
+descriptor chain laid out as
+
+    device-readable:  le32 type; le32 reserved; le64 sector;  (the header)
+                      data for OUT, 16-byte segments for DISCARD/WRITE_ZEROES
+    device-writable:  data for IN and GET_ID; u8 status (the last byte)
+
+and the device must not assume how those bytes are split over descriptors
+(spec 2.6.4), so the header and the status byte may sit anywhere in their
+part of the chain. Data goes straight between the backend and views of the
+guest's buffers (preadv/pwritev): no copy.
+
+A well-formed request always completes with a status: IOERR for sectors
+outside the disk, misaligned lengths, writes to a read-only disk and host
+I/O errors; UNSUPP for request types and flags we do not implement. A chain
+with no room for a status (no writable byte, or a header shorter than 16
+bytes) cannot be answered, so it is returned with nothing written, counted
+and logged. A malformed ring puts the device in NEEDS_RESET.
+
+Rate limiting: with a `RateLimiter`, a request that finds the buckets empty
+is left in the available ring (the queue's position is stepped back) and
+`next_deadline()` tells the I/O thread when to call `on_timer()` to go on;
+nothing throttled is held inside the device, so a snapshot taken meanwhile
+needs no extra state.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+
+from ..._log import get_logger
+from ...disk.backend import SECTOR_SIZE, SERIAL_LEN
+from ...disk.errors import DiskError
+from .device import BLOCK, COMMON_FEATURES, VirtioDevice
+from .queue import VirtqueueError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from ...disk.backend import BlockBackend
+    from ...disk.ratelimit import RateLimiter
+    from ...memory.guest import GuestMemory
+    from ..protocols import VirtioInterrupt
+    from .queue import Chain, Virtqueue
+
+log = get_logger(__name__)
+
+# feature bits (spec 5.2.3)
+F_SIZE_MAX = 1 << 1
+F_SEG_MAX = 1 << 2
+F_RO = 1 << 5
+F_BLK_SIZE = 1 << 6
+F_FLUSH = 1 << 9
+F_DISCARD = 1 << 13
+F_WRITE_ZEROES = 1 << 14
+
+# request types and status values (spec 5.2.6)
+T_IN, T_OUT, T_FLUSH, T_GET_ID, T_DISCARD, T_WRITE_ZEROES = 0, 1, 4, 8, 11, 13
+S_OK, S_IOERR, S_UNSUPP = 0, 1, 2
+DWZ_F_UNMAP = 1  # struct virtio_blk_discard_write_zeroes flags
+
+HEADER = struct.Struct("<IIQ")  # type, reserved, sector
+SEGMENT = struct.Struct("<QII")  # sector, num_sectors, flags
+# struct virtio_blk_config up to write_zeroes_may_unmap (spec 5.2.4):
+# capacity, size_max, seg_max, geometry (cylinders, heads, sectors), blk_size,
+# topology (physical_block_exp, alignment_offset, min_io_size, opt_io_size),
+# writeback, unused0, num_queues, max_discard_sectors, max_discard_seg,
+# discard_sector_alignment, max_write_zeroes_sectors, max_write_zeroes_seg,
+# write_zeroes_may_unmap, unused1[3]
+CONFIG = struct.Struct("<QIIHBBIBBHIBBHIIIIIB3x")
+
+SIZE_MAX = 1 << 20  # largest data descriptor the driver should send
+MAX_DISCARD_SECTORS = 1 << 22  # 2 GiB per segment: a hole punch is cheap
+MAX_WRITE_ZEROES_SECTORS = 1 << 18  # 128 MiB: may be written out as zeros, keep one request short
+MAX_DWZ_SEG = 32
+
+
+@dataclass(frozen=True)
+class BlkState:
+    """virtio-blk's saved state. The queue is saved by the transport; the
+    path, mode and capacity are there to refuse restoring onto another disk."""
+
+    device_features: int
+    driver_features: int
+    config: bytes
+    path: str
+    readonly: bool
+    capacity: int  # in 512-byte sectors
+    version: int = 1
+
+
+@dataclass(frozen=True)
+class BlkStatistics:
+    reads: int = 0
+    writes: int = 0
+    read_bytes: int = 0
+    write_bytes: int = 0
+    flushes: int = 0
+    discards: int = 0
+    write_zeroes: int = 0
+    io_errors: int = 0
+    unsupported: int = 0
+    bad_chains: int = 0  # returned unanswered: no header or no status byte
+    throttled: int = 0
+
+
+def _slice(views: Sequence[memoryview], start: int, length: int) -> list[memoryview]:
+    """The views covering bytes [start, start+length) of `views` laid end to end."""
+    out: list[memoryview] = []
+    for v in views:
+        if length <= 0:
+            break
+        n = len(v)
+        if start >= n:
+            start -= n
+            continue
+        take = min(n - start, length)
+        out.append(v[start:start + take])
+        length -= take
+        start = 0
+    return out
+
+
+class VirtioBlk(VirtioDevice):
+    """A virtio-blk device serving `backend`.
+
+    `rate_limiter` throttles requests; `clock` (seconds, monotonic: the I/O
+    thread compares `next_deadline()` with time.monotonic) must be the one
+    the limiter's buckets use.
+    """
+
+    device_type = BLOCK
+    num_queues = 1
+    queue_max_size = 256
+    name = "blk"
+
+    def __init__(self, backend: BlockBackend, *, rate_limiter: RateLimiter | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.backend = backend
+        self.rate_limiter = rate_limiter
+        self._clock = clock
+        self.capacity = backend.size // SECTOR_SIZE  # a partial last sector is not addressable
+        features = COMMON_FEATURES | F_SIZE_MAX | F_SEG_MAX | F_BLK_SIZE | F_FLUSH
+        if backend.readonly:
+            features |= F_RO
+        else:
+            features |= F_DISCARD | F_WRITE_ZEROES
+        self.device_features = features
+        block = backend.block_size
+        self._config = CONFIG.pack(
+            self.capacity, SIZE_MAX, self.queue_max_size - 2,  # two descriptors carry header and status
+            0, 0, 0, block,
+            0, 0, 0, 0,  # topology (feature not offered)
+            0, 0, 1,
+            MAX_DISCARD_SECTORS, MAX_DWZ_SEG, max(block, 4096) // SECTOR_SIZE,
+            MAX_WRITE_ZEROES_SECTORS, MAX_DWZ_SEG, 1 if backend.discard_supported else 0)
+        self._deadline: float | None = None
+        self._warned: set[str] = set()
+        self._stats = dict.fromkeys(BlkStatistics.__dataclass_fields__, 0)
+
+    # --- VirtioDevice hooks ---------------------------------------------------
+    def config_bytes(self) -> bytes:
+        return self._config
+
+    def activate(self, mem: GuestMemory, queues: Sequence[Virtqueue], interrupt: VirtioInterrupt) -> None:
+        super().activate(mem, queues, interrupt)
+        self._deadline = None
+
+    def reset(self) -> None:
+        super().reset()
+        self._deadline = None
+
+    def queue_notify(self, index: int) -> None:
+        with self.lock:
+            if index == 0 and self._deadline is None:
+                self._process()
+
+    def close(self) -> None:
+        self.backend.close()
+
+    # --- timers (called by the I/O thread) ------------------------------------
+    def next_deadline(self) -> float | None:
+        """When (on `clock`) `on_timer` should run: the rate limiter will have
+        tokens for the request it stopped at. None when not throttled."""
+        return self._deadline
+
+    def on_timer(self) -> None:
+        with self.lock:
+            if self._deadline is None:
+                return
+            self._deadline = None
+            self._process()
+
+    # --- request processing ---------------------------------------------------
+    def _process(self) -> None:
+        if self.broken or self.mem is None or self.interrupt is None or not self.queues:
+            return
+        q = self.queues[0]
+        try:
+            while (chain := q.pop()) is not None:
+                if self.rate_limiter is not None and not self._admit(chain):
+                    # Leave the chain in the ring: it is walked again when the
+                    # timer fires, so nothing throttled lives only in the device.
+                    q.next_avail = (q.next_avail - 1) & 0xFFFF
+                    break
+                q.push(chain.head, self._serve(self.mem, chain))
+        except VirtqueueError as e:
+            self.needs_reset(f"{self.backend.path}: {e}")
+        if q.should_notify():
+            self.interrupt.used(0)
+
+    def _admit(self, chain: Chain) -> bool:
+        """Pay the rate limiter for `chain`; False (and a deadline) if it can't."""
+        assert self.rate_limiter is not None and self.mem is not None
+        nbytes = 0
+        if chain.readable_len >= HEADER.size:
+            rtype = HEADER.unpack(chain.read(self.mem, HEADER.size))[0]
+            if rtype == T_IN:
+                nbytes = max(chain.writable_len - 1, 0)
+            elif rtype == T_OUT:
+                nbytes = chain.readable_len - HEADER.size
+        ok, wait = self.rate_limiter.consume(nbytes)
+        if not ok:
+            self._stats["throttled"] += 1
+            self._deadline = self._clock() + wait
+        return ok
+
+    def _serve(self, mem: GuestMemory, chain: Chain) -> int:
+        """Carry out one request; returns the bytes written into its writable part."""
+        if chain.readable_len < HEADER.size or chain.writable_len < 1:
+            self._stats["bad_chains"] += 1
+            self._warn("chain", f"virtio-blk {self.backend.path}: chain {chain.head} has "
+                       f"{chain.readable_len} readable and {chain.writable_len} writable bytes, no room for a "
+                       "request header and status; returned unanswered")
+            return 0
+        rtype, _, sector = HEADER.unpack(chain.read(mem, HEADER.size))
+        wviews = chain.writable_views(mem)
+        dlen = chain.writable_len - 1
+        try:
+            status, written = self._execute(mem, chain, rtype, sector, wviews, dlen)
+        except (DiskError, OSError) as e:
+            self._stats["io_errors"] += 1
+            self._warn("io", f"virtio-blk: {e}")
+            status, written = S_IOERR, 0
+        _slice(wviews, dlen, 1)[0][0] = status
+        return written + 1
+
+    def _execute(self, mem: GuestMemory, chain: Chain, rtype: int, sector: int,
+                 wviews: list[memoryview], dlen: int) -> tuple[int, int]:
+        """(status, data bytes written) of one request."""
+        st = self._stats
+        if rtype == T_IN:
+            if not self._in_range(sector, dlen):
+                return S_IOERR, 0
+            n = self.backend.read_into(sector * SECTOR_SIZE, _slice(wviews, 0, dlen))
+            st["reads"] += 1
+            st["read_bytes"] += n
+            return S_OK, n
+        if rtype == T_OUT:
+            rlen = chain.readable_len - HEADER.size
+            if self.backend.readonly or not self._in_range(sector, rlen):
+                return S_IOERR, 0
+            n = self.backend.write_from(sector * SECTOR_SIZE, _slice(chain.readable_views(mem), HEADER.size, rlen))
+            st["writes"] += 1
+            st["write_bytes"] += n
+            return S_OK, 0
+        if rtype == T_FLUSH:
+            self.backend.flush()
+            st["flushes"] += 1
+            return S_OK, 0
+        if rtype == T_GET_ID:
+            # Up to 20 bytes, NUL-padded when shorter (spec 5.2.6).
+            serial = self.backend.id.encode("ascii", "replace")[:SERIAL_LEN].ljust(SERIAL_LEN, b"\0")
+            return S_OK, chain.write(mem, serial[:dlen])
+        if rtype in (T_DISCARD, T_WRITE_ZEROES):
+            return self._discard_or_zero(mem, chain, rtype), 0
+        st["unsupported"] += 1
+        return S_UNSUPP, 0
+
+    def _discard_or_zero(self, mem: GuestMemory, chain: Chain, rtype: int) -> int:
+        discard = rtype == T_DISCARD
+        if not self.negotiated(F_DISCARD if discard else F_WRITE_ZEROES):
+            self._stats["unsupported"] += 1
+            return S_UNSUPP
+        if self.backend.readonly:
+            return S_IOERR
+        plen = chain.readable_len - HEADER.size
+        if plen <= 0 or plen % SEGMENT.size or plen // SEGMENT.size > MAX_DWZ_SEG:
+            return S_IOERR
+        payload = chain.read(mem, HEADER.size + plen)[HEADER.size:]  # a copy: checked once, used once
+        segments = [SEGMENT.unpack_from(payload, i) for i in range(0, plen, SEGMENT.size)]
+        limit = MAX_DISCARD_SECTORS if discard else MAX_WRITE_ZEROES_SECTORS
+        # Check every segment before touching the disk, so a bad one changes nothing.
+        for sector, count, flags in segments:
+            if flags & ~DWZ_F_UNMAP or (discard and flags & DWZ_F_UNMAP):
+                self._stats["unsupported"] += 1
+                return S_UNSUPP  # unknown flags, or unmap on discard (spec 5.2.6.2)
+            if count > limit or not self._in_range(sector, count * SECTOR_SIZE):
+                return S_IOERR
+        for sector, count, flags in segments:
+            if discard:
+                self.backend.discard(sector * SECTOR_SIZE, count * SECTOR_SIZE)
+                self._stats["discards"] += 1
+            else:
+                self.backend.write_zeroes(sector * SECTOR_SIZE, count * SECTOR_SIZE, bool(flags & DWZ_F_UNMAP))
+                self._stats["write_zeroes"] += 1
+        return S_OK
+
+    def _in_range(self, sector: int, nbytes: int) -> bool:
+        """Whether a transfer of `nbytes` (whole sectors) from `sector` lies inside the disk."""
+        return nbytes % SECTOR_SIZE == 0 and sector + nbytes // SECTOR_SIZE <= self.capacity
+
+    def _warn(self, kind: str, message: str) -> None:
+        # The guest controls how often this happens: log the first of each kind,
+        # count the rest (statistics()).
+        if kind not in self._warned:
+            self._warned.add(kind)
+            log.warning("%s (further ones are counted, not logged)", message)
+
+    # --- statistics and state ---------------------------------------------------
+    def statistics(self) -> BlkStatistics:
+        with self.lock:
+            stats = dict(self._stats)
+        if self.rate_limiter is not None:
+            stats["throttled"] = self.rate_limiter.throttled
+        return BlkStatistics(**stats)
+
+    def state(self) -> BlkState:
+        with self.lock:
+            return BlkState(self.device_features, self.driver_features, self._config, self.backend.path,
+                            self.backend.readonly, self.capacity)
+
+    def restore(self, state: BlkState) -> None:
+        """Take over a saved device. The state is untrusted: it must describe
+        this disk (path, mode, size) and features this device offers."""
+        from ..legacy._common import check_bool, check_bytes, check_int, check_state_type
+
+        check_state_type(state, BlkState)
+        check_int("virtio-blk device_features", state.device_features, 0, (1 << 64) - 1)
+        check_int("virtio-blk driver_features", state.driver_features, 0, (1 << 64) - 1)
+        check_bytes("virtio-blk config", state.config, CONFIG.size, exact=True)
+        check_bool("virtio-blk readonly", state.readonly)
+        check_int("virtio-blk capacity", state.capacity, 0, (1 << 64) - 1)
+        if not isinstance(state.path, str):
+            raise ValueError(f"virtio-blk path must be a str, got {type(state.path).__name__}")
+        if state.path != self.backend.path or state.readonly != self.backend.readonly:
+            raise ValueError(f"virtio-blk state is for {state.path!r} ({'ro' if state.readonly else 'rw'}), "
+                             f"this device serves {self.backend.path!r} ({'ro' if self.backend.readonly else 'rw'})")
+        if state.capacity != self.capacity or state.config != self._config:
+            raise ValueError(f"virtio-blk {self.backend.path}: the disk changed since the state was saved "
+                             f"({state.capacity} sectors then, {self.capacity} now, or other limits)")
+        if state.device_features != self.device_features or state.driver_features & ~self.device_features:
+            raise ValueError(f"virtio-blk features {state.driver_features:#x} of {state.device_features:#x} "
+                             f"saved; this device offers {self.device_features:#x}")
+        with self.lock:
+            self.driver_features = state.driver_features
