@@ -223,11 +223,19 @@ class Machine:
             build_mptable(self.mem, self.cfg.cpus)
         else:  # the EBDA has room for about 40 vCPUs; bigger guests find them in ACPI
             log.info("%d vCPUs do not fit in an MP table; announcing them through ACPI only", self.cfg.cpus)
-        self.rsdp = build_acpi(self.mem, self.cfg.cpus)
+        if self.virtio is None:
+            self.rsdp = build_acpi(self.mem, self.cfg.cpus)
+        else:
+            from ..arch.x86.acpi import PciRoot
+
+            self.rsdp = build_acpi(self.mem, self.cfg.cpus,
+                                   pci=PciRoot(irqs=self.virtio.pci_irqs) if self.pci is not None else None,
+                                   mmio_devices=self.virtio.mmio_slots)
         is_linux = kernel[0x202:0x206] == b"HdrS"
         cmdline = self.cfg.cmdline
-        if is_linux and self.virtio is not None and self.virtio.mmio_slots:
-            # Linux finds virtio-mmio devices through its command line.
+        if is_linux and self.virtio is not None and self.virtio.mmio_slots and "acpi=off" in cmdline.split():
+            # Without ACPI, Linux (built with VIRTIO_MMIO_CMDLINE_DEVICES) finds
+            # virtio-mmio devices on its command line instead of in the DSDT.
             cmdline = " ".join([cmdline, *self.virtio.cmdline_params()]).strip()
         try:
             boot: BootSpec | None = None

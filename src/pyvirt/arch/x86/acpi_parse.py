@@ -1,9 +1,11 @@
 """Reading ACPI tables back out of guest memory, validating them as an OS would.
 
 `parse_tables(mem, rsdp)` follows RSDP -> XSDT/RSDT -> tables -> DSDT/FACS
-and checks signatures, lengths and checksums. Tests and debugging tools use
-it; it is apart from acpi.py (which builds the tables and re-exports
-`parse_tables`) so that a VM's start does not load it.
+and checks signatures, lengths and checksums; `parse_mcfg` decodes an MCFG
+table's allocations. The DSDT stays opaque bytes (`iasl -d` reads it). Tests
+and debugging tools use this module; it is apart from acpi.py (which builds
+the tables and re-exports `parse_tables`) so that a VM's start does not load
+it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,43 @@ import struct
 
 from pyvirt.memory import GuestMemory
 
-from .acpi import FACS_LEN, HEADER_LEN
+from ..._record import FrozenRecord
+from .acpi import FACS_LEN, HEADER_LEN, MCFG_ALLOCATION_LEN
+
+_MCFG_RESERVED = 8  # between the header and the first allocation
+
+
+class McfgAllocation(FrozenRecord):
+    """One MCFG entry: ECAM at `base` for buses `start_bus`..`end_bus` of `segment`."""
+
+    __slots__ = __match_args__ = ("base", "segment", "start_bus", "end_bus")
+    base: int
+    segment: int
+    start_bus: int
+    end_bus: int
+
+    def __init__(self, base: int, segment: int, start_bus: int, end_bus: int) -> None:
+        self._init(base, segment, start_bus, end_bus)
+
+
+def parse_mcfg(table: bytes) -> list[McfgAllocation]:
+    """Decode an MCFG table (PCI Firmware 3.x, 4.1.2) as `parse_tables` returns it.
+
+    Raises ValueError if it is not an MCFG, its length is not a whole number
+    of allocations, or an allocation's bus range is backwards.
+    """
+    if table[:4] != b"MCFG":
+        raise ValueError(f"not an MCFG table: signature {table[:4]!r}")
+    body = len(table) - HEADER_LEN - _MCFG_RESERVED
+    if body < 0 or body % MCFG_ALLOCATION_LEN:
+        raise ValueError(f"MCFG length {len(table)} is not the header plus whole 16-byte allocations")
+    out = []
+    for off in range(HEADER_LEN + _MCFG_RESERVED, len(table), MCFG_ALLOCATION_LEN):
+        base, segment, start_bus, end_bus = struct.unpack_from("<QHBB", table, off)
+        if end_bus < start_bus:
+            raise ValueError(f"MCFG allocation at {base:#x} has buses {start_bus}-{end_bus}")
+        out.append(McfgAllocation(base, segment, start_bus, end_bus))
+    return out
 
 
 def _read_sdt(mem: GuestMemory, addr: int, expect: bytes | None = None) -> bytes:

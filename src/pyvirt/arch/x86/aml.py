@@ -191,16 +191,107 @@ def interrupt(*gsis: int, edge: bool = True, active_high: bool = True, shared: b
     """Interrupt(ResourceConsumer, ...){gsi, ...}: extended interrupt descriptor.
 
     Unlike IRQNoFlags this reaches any GSI (not just ISA 0-15), which is what
-    MMIO devices wired straight to IOAPIC pins need.
+    MMIO devices wired straight to IOAPIC pins need. The defaults are
+    Edge, ActiveHigh, Exclusive; `edge=False` is Level, `active_high=False`
+    ActiveLow, `shared=True` Shared.
     """
     if not 1 <= len(gsis) <= 255:
         raise ValueError("an Interrupt descriptor lists 1-255 interrupts")
+    for gsi in gsis:
+        if not 0 <= gsi <= 0xFFFFFFFF:
+            raise ValueError(f"interrupt number {gsi} does not fit an Interrupt descriptor (32 bits)")
     flags = 0x01  # consumer
     flags |= 0x02 if edge else 0
     flags |= 0 if active_high else 0x04
     flags |= 0x08 if shared else 0
     data = struct.pack("<BB", flags, len(gsis)) + b"".join(struct.pack("<I", g) for g in gsis)
     return struct.pack("<BH", 0x89, len(data)) + data
+
+
+# Address space descriptors (section 6.4.3.5): a resource type, general flags
+# (bit 0 set = ResourceConsumer, clear = ResourceProducer; bit 1 set =
+# SubDecode; bit 2 MinFixed; bit 3 MaxFixed), type-specific flags, then five
+# fields of the descriptor's width: granularity, minimum, maximum, translation
+# offset, length. We only describe fixed windows with no translation.
+ADDR_SPACE_MEMORY, ADDR_SPACE_IO, ADDR_SPACE_BUS = 0, 1, 2
+_ADDR_CONSUMER = 0x01
+_ADDR_MIN_FIXED = 0x04
+_ADDR_MAX_FIXED = 0x08
+_IO_ENTIRE_RANGE = 0x03  # _RNG: decodes ISA and non-ISA ports alike
+_MEM_READ_WRITE = 0x01  # _RW
+_MEM_CACHEABLE = 0x01 << 1  # _MEM = 1 (0 is NonCacheable)
+_MEM_PREFETCHABLE = 0x03 << 1  # _MEM = 3
+
+# (large resource item tag, struct format letter) per descriptor width.
+_WORD_ADDR = (0x88, "H")
+_DWORD_ADDR = (0x87, "I")
+_QWORD_ADDR = (0x8A, "Q")
+
+
+def _address_space(kind: tuple[int, str], resource_type: int, minimum: int, maximum: int, *,
+                   producer: bool, type_flags: int, what: str) -> bytes:
+    tag, fmt = kind
+    limit = (1 << (8 * struct.calcsize(fmt))) - 1
+    if not 0 <= minimum <= maximum <= limit:
+        raise ValueError(f"{what} range {minimum:#x}-{maximum:#x} is empty or does not fit in "
+                         f"{struct.calcsize(fmt) * 8} bits")
+    length = maximum - minimum + 1
+    if length > limit:
+        # A window covering the whole space has a length one past the field's
+        # maximum; no descriptor can say that.
+        raise ValueError(f"{what} range {minimum:#x}-{maximum:#x} is longer than its length field holds")
+    general = _ADDR_MIN_FIXED | _ADDR_MAX_FIXED | (0 if producer else _ADDR_CONSUMER)
+    # Granularity 0: the range is fixed, so there is no alignment to describe
+    # (the field only matters to an OS that would move the window).
+    data = struct.pack(f"<BBB5{fmt}", resource_type, general, type_flags, 0, minimum, maximum, 0, length)
+    return struct.pack("<BH", tag, len(data)) + data
+
+
+def word_bus_number(minimum: int, maximum: int, *, producer: bool = True) -> bytes:
+    """WordBusNumber(ResourceProducer, MinFixed, MaxFixed, PosDecode, 0, min, max, 0, len).
+
+    The buses a host bridge decodes, as its _CRS reports them.
+    """
+    if maximum > 0xFF:
+        raise ValueError(f"PCI bus number {maximum:#x} out of range 0-0xff")
+    return _address_space(_WORD_ADDR, ADDR_SPACE_BUS, minimum, maximum, producer=producer, type_flags=0,
+                          what="bus number")
+
+
+def word_io(minimum: int, maximum: int, *, producer: bool = True) -> bytes:
+    """WordIO(ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange, 0, min, max, 0, len).
+
+    A window of I/O ports a bridge forwards (producer) or uses (consumer).
+    """
+    return _address_space(_WORD_ADDR, ADDR_SPACE_IO, minimum, maximum, producer=producer,
+                          type_flags=_IO_ENTIRE_RANGE, what="I/O port")
+
+
+def _memory_flags(cacheable: bool, prefetchable: bool, writable: bool) -> int:
+    flags = _MEM_READ_WRITE if writable else 0
+    if prefetchable:
+        flags |= _MEM_PREFETCHABLE
+    elif cacheable:
+        flags |= _MEM_CACHEABLE
+    return flags
+
+
+def dword_memory(minimum: int, maximum: int, *, producer: bool = True, cacheable: bool = False,
+                 prefetchable: bool = False, writable: bool = True) -> bytes:
+    """DWordMemory(ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite, ...).
+
+    A 32-bit memory window, `minimum`..`maximum` inclusive; the defaults are
+    what a host bridge's MMIO window for BARs usually says.
+    """
+    return _address_space(_DWORD_ADDR, ADDR_SPACE_MEMORY, minimum, maximum, producer=producer,
+                          type_flags=_memory_flags(cacheable, prefetchable, writable), what="memory")
+
+
+def qword_memory(minimum: int, maximum: int, *, producer: bool = True, cacheable: bool = False,
+                 prefetchable: bool = False, writable: bool = True) -> bytes:
+    """QWordMemory(...): like `dword_memory` for windows that reach above 4 GiB."""
+    return _address_space(_QWORD_ADDR, ADDR_SPACE_MEMORY, minimum, maximum, producer=producer,
+                          type_flags=_memory_flags(cacheable, prefetchable, writable), what="memory")
 
 
 def resource_template(*descriptors: bytes) -> bytes:
