@@ -52,7 +52,12 @@ CLEAR_CPUID = ",".join(str(n) for n in CLEAR_FEATURES.values())
 # its tick to one-shot mode, and here its timer code then stalls for good
 # (docs/pvm.md). Keeping jiffies as the clocksource with a periodic tick
 # (no high-resolution timers, no tickless idle) boots to user space.
-KERNEL_PARAMS = (f"clearcpuid={CLEAR_CPUID}", "clocksource=jiffies", "highres=off", "nohz=off", "tsc=unstable")
+# ACPI: with it Linux finds the local APIC in the MADT, switches to APIC mode and
+# its boot stalls for good after its drivers' initcalls (docs/pvm.md); without
+# it Linux runs on the PIC and the periodic PIT tick. PCI is still probed
+# through the configuration ports.
+KERNEL_PARAMS = (f"clearcpuid={CLEAR_CPUID}", "clocksource=jiffies", "highres=off", "nohz=off", "tsc=unstable",
+                 "acpi=off")
 
 # Instructions that end in KVM_EXIT_INTERNAL_ERROR (emulation failure) here.
 # Fences and x87 housekeeping are no-ops for a VM whose vCPUs don't share
