@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ..devices.virtio.device import VirtioDevice
 
 log = get_logger(__name__)
+_GONE = object()
 
 
 class IoThread:
@@ -42,7 +43,7 @@ class IoThread:
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._sel.register(self._wake, selectors.EVENT_READ, None)
         self._devices: list[VirtioDevice] = []
-        self._watched: dict[int, set[int]] = {}  # id(device) -> its registered host fds
+        self._watched: dict[int, dict[int, object]] = {}  # id(device) -> its registered host fds and tokens
         self._stop = False
         self._thread: threading.Thread | None = None
         self.errors = 0
@@ -66,7 +67,7 @@ class IoThread:
         """Watch the device's host descriptors and timers."""
         with self._lock:
             self._devices.append(device)
-            self._watched[id(device)] = set()
+            self._watched[id(device)] = {}
         self._sync_host_fds(device)
         self.wake()
 
@@ -76,12 +77,16 @@ class IoThread:
             have = self._watched.get(id(device))
             if have is None:
                 return
-            for fd in have - wanted.keys():
+            # A device may close a socket and open another that gets the same
+            # number (with a new token): epoll dropped the old one when it was
+            # closed, so a changed token means registering afresh.
+            stale = {fd for fd, token in have.items() if wanted.get(fd, _GONE) is not token}
+            for fd in stale:
                 try:
                     self._sel.unregister(fd)
-                except (KeyError, ValueError):
+                except (KeyError, ValueError, OSError):
                     pass
-            for fd in wanted.keys() - have:
+            for fd in wanted.keys() - (have.keys() - stale):
                 token = wanted[fd]
                 try:
                     self._sel.register(fd, selectors.EVENT_READ,
@@ -89,7 +94,7 @@ class IoThread:
                 except (KeyError, ValueError, OSError) as e:
                     log.warning("virtio-%s: cannot watch fd %d: %s", device.name, fd, e)
                     wanted.pop(fd)
-            self._watched[id(device)] = set(wanted)
+            self._watched[id(device)] = wanted
 
     def _host_ready(self, device: VirtioDevice, token: object) -> None:
         device.host_ready(token)

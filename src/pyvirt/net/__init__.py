@@ -1,0 +1,1 @@
+"""Host networking for VMs: TAP devices (`tap`), later bridges and namespaces."""
