@@ -45,9 +45,9 @@ VIRTIO_MMIO_STRIDE = 0x1000
 VIRTIO_MMIO_SLOTS = 32
 PCI_ECAM_BASE = 0xE000_0000  # bus 0 only: 32 devices x 8 functions x 4 KiB = 1 MiB
 PCI_ECAM_SIZE = 0x10_0000
-# Legacy IRQs free for devices (0-4 and 8 are the PIT, keyboard, cascade,
-# serial ports and RTC); a PIC-only guest can use nothing else.
-DEVICE_IRQS = (5, 6, 7, 9, 10, 11, 12, 14, 15)
+# Legacy IRQs free for devices (0-4, 8 and 9 are the PIT, keyboard, cascade,
+# serial ports, RTC and ACPI SCI); a PIC-only guest can use nothing else.
+DEVICE_IRQS = (5, 6, 7, 10, 11, 12, 14, 15)
 TSS_ADDR = 0xFFFBD000  # 3 pages KVM needs on Intel (KVM_SET_TSS_ADDR)
 IDENTITY_MAP_ADDR = 0xFFFBC000
 

@@ -209,6 +209,11 @@ class VirtioTransport:
             return
         self.active = queues
 
+    def status_register(self) -> int:
+        """The status the driver reads: a device that found the driver's rings
+        malformed (`device.broken`) shows NEEDS_RESET too."""
+        return self.status | (NEEDS_RESET if self.device.broken else 0)
+
     def set_needs_reset(self, reason: str) -> None:
         """The device cannot go on until the driver resets it (spec 2.1.2)."""
         with self.lock:

@@ -148,7 +148,7 @@ class VirtioMmio(VirtioTransport):
         if offset == INTERRUPT_STATUS:
             return self.interrupt_status
         if offset == STATUS:
-            return self.status
+            return self.status_register()
         if QUEUE_DESC_LOW <= offset <= QUEUE_DEVICE_HIGH:
             name = _ADDRESS_REGS.get(offset & ~4)
             if name is None or q is None:

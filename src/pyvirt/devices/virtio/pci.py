@@ -250,7 +250,7 @@ class VirtioPci(VirtioTransport, PciDevice):
         if field == NUM_QUEUES:
             return len(self.queues)
         if field == DEVICE_STATUS:
-            return self.status
+            return self.status_register()
         if field == CONFIG_GENERATION:
             return self.config_generation & 0xFF
         if field == QUEUE_SELECT:
