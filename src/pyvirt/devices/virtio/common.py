@@ -128,9 +128,12 @@ class VirtioTransport:
         return self.queues[self.queue_sel] if self.queue_sel < len(self.queues) else None
 
     def writable_queue(self) -> QueueConfig | None:
-        """The selected queue if the driver may still change its settings."""
+        """The selected queue if the driver may still change its settings: until
+        DRIVER_OK. virtio-pci has no way to disable a queue, so a driver that
+        rewrites an enabled queue before DRIVER_OK (QEMU allows it) gets the
+        new settings, checked like any others at DRIVER_OK."""
         q = self.selected_queue()
-        if q is None or q.ready or self.status & DRIVER_OK:
+        if q is None or self.status & DRIVER_OK:
             return None
         return q
 

@@ -56,9 +56,13 @@ MAX_CHAIN_LEN = (1 << 32) - 1
 
 DESC_SIZE = 16
 
-_DESC = struct.Struct("<QIHH")
-_U16 = struct.Struct("<H")
-_ELEM = struct.Struct("<II")
+# Native formats on purpose: struct's explicit little-endian codes ("<H")
+# store and load byte by byte, so a driver polling used.idx could see a
+# half-written index; native codes use one memcpy, a single load or store on
+# x86-64 (the only host pyvirt runs on, little-endian like the virtio rings).
+_DESC = struct.Struct("QIHH")
+_U16 = struct.Struct("H")
+_ELEM = struct.Struct("II")
 
 # Taking and dropping a lock is a locked instruction on x86, a full memory
 # barrier. The spec needs one between the device's store of used.idx (or
