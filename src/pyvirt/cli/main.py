@@ -1,4 +1,5 @@
-"""`pyvirt` command line: `run` boots a VM in the foreground; `host check`
+"""`pyvirt` command line: `run` boots a VM in the foreground; `vm ...` talks
+to a running one through its control API (cli/vm.py); `host check`
 validates the host.
 
 Built on argparse so that `pyvirt run` starts in milliseconds: the VM
@@ -39,7 +40,7 @@ _RUN_OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
     "--config": ("config", str), "--kernel": ("kernel", str), "--initrd": ("initrd", str),
     "--cmdline": ("cmdline", str), "--memory": ("memory", str), "-m": ("memory", str),
     "--cpus": ("cpus", int), "--smp": ("cpus", int), "--serial": ("serial", str),
-    "--debug-exit-port": ("debug_exit_port", _int), "--pvm": ("pvm", str),
+    "--debug-exit-port": ("debug_exit_port", _int), "--pvm": ("pvm", str), "--api-socket": ("api_socket", str),
 }
 
 
@@ -59,6 +60,7 @@ class RunArgs:
         self.serial: str | None = None
         self.debug_exit_port: int | None = None
         self.pvm: str | None = None
+        self.api_socket: str | None = None
         # virtio devices: only argparse fills these (the fast path leaves them unset)
         self.disk: list[str] | None = None
         self.net: list[str] | None = None
@@ -143,6 +145,8 @@ def cmd_run(args: argparse.Namespace | RunArgs, log_level: int = WARNING) -> int
             cfg.debug_exit_port = args.debug_exit_port
         if args.pvm:
             cfg.pvm = args.pvm
+        if args.api_socket:
+            cfg.api_socket = args.api_socket
         _device_args(cfg, args)
         machine = Machine(cfg)
     except (ConfigError, VmError, KvmError) as e:
@@ -150,6 +154,9 @@ def cmd_run(args: argparse.Namespace | RunArgs, log_level: int = WARNING) -> int
         return 1
     try:
         return machine.run()
+    except VmError as e:  # e.g. the API socket's path is taken: nothing ran yet
+        print(f"pyvirt: {e}", file=sys.stderr)
+        return 1
     finally:
         machine.close()
 
@@ -201,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
             _log.configure(level, LOG_FORMAT)
             if args.command == "host" and args.host_command == "check":
                 return cmd_host_check()
+            if args.command == "vm" and args.vm_command:
+                from .vm import cmd_vm
+
+                return cmd_vm(args)
             parser.print_help()
             return 2
         status = cmd_run(args, level)

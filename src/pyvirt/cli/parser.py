@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--serial", metavar="SPEC", help="stdio (default), null, file:PATH or socket:PATH")
     run.add_argument("--debug-exit-port", type=_int, metavar="PORT", help="debug-exit I/O port (default 0xf4)")
     run.add_argument("--pvm", choices=PVM_CHOICES, help="kvm_pvm compatibility layer (default auto)")
+    run.add_argument("--api-socket", metavar="PATH",
+                     help="serve the control API (docs/api.yaml) on this unix socket; see `pyvirt vm`")
     dev = run.add_argument_group("virtio devices")
     dev.add_argument("--disk", action="append", metavar="SPEC",
                      help="path=IMG[,readonly=on][,serial=ID][,iops=N][,bps=N]: a virtio-blk disk (repeatable)")
@@ -53,7 +55,30 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--console", choices=("serial", "virtio"), help="where the console goes (default serial)")
     dev.add_argument("--transport", choices=("pci", "mmio"), help="virtio transport (default pci)")
 
+    _add_vm_parser(sub)
+
     host = sub.add_parser("host", help="host information")
     hsub = host.add_subparsers(dest="host_command", metavar="SUBCOMMAND")
     hsub.add_parser("check", help="check that this host can run VMs (like virt-host-validate)")
     return p
+
+
+def _add_vm_parser(sub: argparse._SubParsersAction) -> None:
+    vm = sub.add_parser("vm", help="control a running VM through its API socket",
+                        description="Talk to a VM started with `pyvirt run --api-socket PATH`.")
+    vsub = vm.add_subparsers(dest="vm_command", metavar="SUBCOMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--api-socket", metavar="PATH", required=True, help="the VM's --api-socket path")
+    common.add_argument("--output", "-o", choices=("text", "json"), default="text", help="output format")
+    common.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="how long to wait for the VM's answer (default 30)")
+    for name, text in (("status", "state, vCPUs, memory, uptime, devices"),
+                       ("stats", "per-device and per-vCPU counters"),
+                       ("pause", "stop running guest code"),
+                       ("resume", "run guest code again"),
+                       ("stop", "power the VM off")):
+        vsub.add_parser(name, parents=[common], help=text, description=text[0].upper() + text[1:] + ".")
+    balloon = vsub.add_parser("balloon", parents=[common], help="show or set the balloon",
+                              description="Without TARGET, show the balloon; with it, ask the guest to give "
+                                          "back TARGET of its memory (0 gives it all back).")
+    balloon.add_argument("target", nargs="?", metavar="TARGET", help="balloon size, e.g. 64M, 1G, 0")

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .device_config import DiskConfig, NetConfig, VsockConfig
 
 PAGE_SIZE = 4096
+UNIX_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1: room for the path and its NUL
 
 
 class ConfigError(ValueError):
@@ -81,13 +82,14 @@ class SerialConfig(Record):
 
 class VmConfig(Record):
     __slots__ = __match_args__ = ("kernel", "initrd", "cmdline", "memory", "cpus", "serial", "debug_exit_port", "pvm",
-                                  "disks", "nets", "vsock", "rng", "balloon", "console", "transport")
+                                  "disks", "nets", "vsock", "rng", "balloon", "console", "transport", "api_socket")
 
     def __init__(self, kernel: str = "", initrd: str | None = None, cmdline: str = "", memory: int = 128 << 20,
                  cpus: int = 1, serial: SerialConfig | None = None, debug_exit_port: int = 0xF4,
                  pvm: str = "auto", disks: list[DiskConfig] | None = None, nets: list[NetConfig] | None = None,
                  vsock: VsockConfig | None = None,
-                 rng: bool = False, balloon: bool = False, console: str = "serial", transport: str = "pci") -> None:
+                 rng: bool = False, balloon: bool = False, console: str = "serial", transport: str = "pci",
+                 api_socket: str | None = None) -> None:
         self.kernel = kernel
         self.initrd = initrd
         self.cmdline = cmdline
@@ -104,6 +106,7 @@ class VmConfig(Record):
         self.balloon = balloon
         self.console = console  # serial | virtio (the serial port then carries only early output)
         self.transport = transport  # pci | mmio
+        self.api_socket = api_socket  # unix socket path of the control API (docs/api.yaml), or None
 
     @property
     def has_virtio(self) -> bool:
@@ -131,6 +134,12 @@ class VmConfig(Record):
             raise ConfigError(f"transport {self.transport!r}: use pci or mmio")
         for disk in self.disks:
             disk.validate()
+        if self.api_socket is not None:
+            if not isinstance(self.api_socket, str) or not self.api_socket:
+                raise ConfigError(f"api_socket {self.api_socket!r}: give a path for the control API's unix socket")
+            if len(os.fsencode(self.api_socket)) > UNIX_PATH_MAX:
+                raise ConfigError(f"api socket path {self.api_socket!r} is longer than the {UNIX_PATH_MAX} bytes "
+                                  "a unix socket address holds: choose a shorter one")
 
     @classmethod
     def from_file(cls, path: str) -> "VmConfig":
@@ -167,6 +176,11 @@ class VmConfig(Record):
                 value = _device_configs(key, value, base)
             elif key in ("rng", "balloon") and not isinstance(value, bool):
                 raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
+            elif key == "api_socket" and value is not None:
+                if not isinstance(value, str):
+                    raise ConfigError(f"config key 'api_socket' must be a path, got {value!r}")
+                if value and base is not None and not os.path.isabs(value):
+                    value = os.path.join(base, value)
             setattr(cfg, key, value)
         return cfg
 

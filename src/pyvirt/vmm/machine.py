@@ -31,10 +31,14 @@ from .vcpu_loop import ExitHandler, StopFlag, run_vcpu
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..boot import BootSpec
     from ..devices.legacy.pit import Pit
     from ..devices.protocols import BusDevice
     from ..devices.pci.bus import PciBus
+    from .api import ApiServer
+    from .machine_control import VcpuGate
     from .pvm import PvmAssist
     from .virtio_setup import VirtioSetup
 
@@ -80,6 +84,9 @@ def _read_file(path: str, what: str) -> bytes:
 
 
 class Machine:
+    _gate: VcpuGate | None = None  # made by the first pause() (machine_control.py)
+    _gate_lock = threading.Lock()
+
     def __init__(self, cfg: VmConfig, console: Console | None = None) -> None:
         cfg.validate()
         self.cfg = cfg
@@ -339,6 +346,8 @@ class Machine:
         handler = ExitHandler(self.pio, self.mmio, self.stop, assist=assist)
         if assist is not None:
             handler.tick = assist.tick
+        handler.tick = self._interrupt_hook(handler.tick)
+        api = self._start_api() if self.cfg.api_socket else None
         old_handlers = {}
         in_main = threading.current_thread() is threading.main_thread()
         if in_main:
@@ -365,6 +374,10 @@ class Machine:
             # Whatever ended the main loop, no vCPU may outlive run(): close()
             # releases the fds and memory they use.
             self.stop(exit_status.ERROR, "the VMM's main loop ended unexpectedly")
+            if api is not None:
+                api.close()
+            if self._gate is not None:
+                self._gate.wake()  # parked vCPUs see the stop and end
             for t in self.threads:
                 t.join(timeout=10)
             self.console.close()
@@ -374,6 +387,52 @@ class Machine:
         if self.reason and not self.reason.startswith("the guest wrote"):
             log.info("%s", self.reason)
         return self.status if self.status is not None else exit_status.ERROR
+
+    # --- pause, resume, control API (the logic is in machine_control.py) ----------
+    def pause(self, timeout: float = 5.0) -> None:
+        """Stop running guest code: every vCPU thread leaves KVM_RUN and waits.
+        Returns once all have; TimeoutError (and the VM runs on) if one has
+        not after `timeout` seconds, ControlError if the VM stops meanwhile."""
+        with self._gate_lock:
+            gate = self._gate
+            if gate is None:
+                from .machine_control import VcpuGate
+
+                gate = self._gate = VcpuGate(self)
+        gate.pause(timeout)
+
+    def resume(self) -> None:
+        """Run guest code again after pause()."""
+        if self._gate is not None:
+            self._gate.resume()
+
+    @property
+    def paused(self) -> bool:
+        return self._gate is not None and self._gate.paused
+
+    def _interrupt_hook(self, tick: Callable[[kvm.Vcpu], None] | None) -> Callable[[kvm.Vcpu], None]:
+        """The vCPU loop's hook for a KVM_RUN that a signal interrupted: `tick`
+        (the PVM layer's), then park the vCPU if the VM is paused. Kicks are
+        rare, so this costs the run loop nothing."""
+
+        def interrupted(vcpu: kvm.Vcpu) -> None:
+            if tick is not None:
+                tick(vcpu)
+            gate = self._gate
+            if gate is not None:
+                gate.park(vcpu)
+
+        return interrupted
+
+    def _start_api(self) -> ApiServer:
+        from .api import ApiError, ApiServer
+        from .machine_control import MachineControl
+
+        assert self.cfg.api_socket is not None
+        try:
+            return ApiServer(self.cfg.api_socket, MachineControl(self)).start()
+        except ApiError as e:
+            raise VmError(str(e)) from e
 
     def _pvm_watch(self, assist: PvmAssist, period: float = 1.0) -> None:
         """Once a second, interrupt the boot vCPU so the PVM layer can look at

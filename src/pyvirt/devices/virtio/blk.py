@@ -207,7 +207,7 @@ class VirtioBlk(VirtioDevice):
                 if self.rate_limiter is not None and not self._admit(chain):
                     # Leave the chain in the ring: it is walked again when the
                     # timer fires, so nothing throttled lives only in the device.
-                    q.next_avail = (q.next_avail - 1) & 0xFFFF
+                    q.undo_pop()
                     break
                 q.push(chain.head, self._serve(self.mem, chain))
         except VirtqueueError as e:

@@ -17,7 +17,7 @@ backend (`host_fds()` leaves it out) instead of reading and dropping: frames
 wait in the kernel (a TAP queues up to txqueuelen frames, then the kernel
 drops and counts them), nothing blocks the I/O thread, and the guest's next
 receive-queue notification resumes reading. Chains taken from the ring
-while looking for space and not used are put back (`_rewind`), so the
+while looking for space and not used are put back (`Virtqueue.undo_pop`), so the
 device never holds guest buffers between calls and has none to save.
 
 Transmit never waits either: a frame the backend refuses (EAGAIN on a full
@@ -96,13 +96,6 @@ RX_ERROR_BACKOFF = 1.0
 # Frames per call before yielding the I/O thread to other devices; the rest
 # is picked up at once through a zero-delay timer (tx) or epoll (rx).
 BUDGET = 64
-
-
-def _rewind(q: Virtqueue, n: int) -> None:
-    """Put back the last `n` chains pop() returned, unused: pop() will return
-    them again. Like QEMU's virtqueue_rewind; the avail ring still holds them."""
-    if n:
-        q.next_avail = (q.next_avail - n) & 0xFFFF
 
 
 def random_mac() -> bytes:
@@ -296,7 +289,7 @@ class VirtioNet(VirtioDevice):
                 if self.tx_limiter is not None and n <= MAX_TX:
                     ok, wait = self.tx_limiter.consume(n)
                     if not ok:
-                        _rewind(q, 1)
+                        q.undo_pop()
                         self.stats["tx_throttled"] += 1
                         self._tx_deadline = self._clock() + wait
                         break
@@ -356,7 +349,7 @@ class VirtioNet(VirtioDevice):
                     break
         except VirtqueueError as e:
             self.needs_reset(str(e))
-        _rewind(q, len(spare))
+        q.undo_pop(len(spare))
         self._notify(q, RX)
 
     def _take_rx_buffers(self, q: Virtqueue, mem: GuestMemory, spare: list[tuple[Chain, list[memoryview]]],
@@ -374,7 +367,7 @@ class VirtioNet(VirtioDevice):
                 if chain is None:
                     break
             if chain.readable or chain.writable_len < HDR_SIZE:
-                _rewind(q, 1)
+                q.undo_pop()
                 raise VirtqueueError(f"virtqueue {RX}: receive buffer {chain.head} is not a device-writable "
                                      f"buffer of at least {HDR_SIZE} bytes")
             spare.append((chain, chain.writable_views(mem)))

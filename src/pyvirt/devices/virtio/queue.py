@@ -338,6 +338,12 @@ class Virtqueue:
         # but the chain it returns.
         return VirtqueueError(f"virtqueue {self.index} chain {head}: {text}")
 
+    def undo_pop(self, n: int = 1) -> None:
+        """Give back the last `n` chains popped and not pushed: the next pop()
+        walks them again (they are still in the available ring). For a device
+        that took a chain it cannot use yet (no rx room, throttled)."""
+        self.next_avail = (self.next_avail - n) & 0xFFFF
+
     def push(self, head: int, written: int) -> None:
         """Return chain `head` to the driver, reporting `written` bytes written
         into its writable buffers."""

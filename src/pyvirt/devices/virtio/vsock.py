@@ -440,7 +440,7 @@ class VirtioVsock(VirtioDevice):
                     q.push(chain.head, n)
                     sent += 1
                 else:
-                    q.next_avail = (q.next_avail - 1) & 0xFFFF  # unused: give it back (see net._rewind)
+                    q.undo_pop()  # unused: give it back
         except VirtqueueError as e:
             self.needs_reset(str(e))
         self._notify(q)
