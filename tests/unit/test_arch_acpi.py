@@ -390,9 +390,9 @@ def test_madt_marks_pci_irqs_level() -> None:
     assert _overrides(t["APIC"]) == [
         (0, 2, acpi.INTI_ACTIVE_HIGH | acpi.INTI_EDGE), (9, 9, level), (5, 5, level), (6, 6, level), (10, 10, level),
     ]
-    # A slot on the SCI's line shares its override rather than repeating it.
-    _, _, t = build(2, pci=acpi.PciRoot(irqs={1: 9, 2: 11}), sci_irq=9)
-    assert _overrides(t["APIC"]) == [(0, 2, acpi.INTI_ACTIVE_HIGH | acpi.INTI_EDGE), (9, 9, level), (11, 11, level)]
+    # The SCI's line is not a device line.
+    with pytest.raises(ValueError, match="GSI 9, which is not free"):
+        build(2, pci=acpi.PciRoot(irqs={1: 9, 2: 11}), sci_irq=9)
 
 
 def test_dsdt_pci0() -> None:
@@ -490,7 +490,7 @@ def test_device_errors() -> None:
         ({"mmio_devices": [(0xD000_0000, 0, 5)]}, "non-empty"),
         ({"mmio_devices": [(0xCFFF_F000, 0x1000, 7)], "pci": PCI}, "overlaps the PCI MMIO window"),
         ({"mmio_devices": [(0xD000_0000, 0x200, 5)], "pci": PCI}, "level-triggered for PCI INTx"),
-        ({"mmio_devices": [(0xD000_0000, 0x200, 9)]}, "level-triggered for the SCI"),
+        ({"mmio_devices": [(0xD000_0000, 0x200, 9)]}, "GSI 9, which is not free"),
         ({"mmio_devices": mmio_slots(257)}, "too many"),
         ({"mmio_devices": mmio_slots(32), "limit": layout.ACPI_START + 2048},
          "0 PCI slots and 32 virtio-mmio devices need"),

@@ -14,7 +14,7 @@ TOKENS = [
     "--cmdline=", "console=ttyS0 quiet", "-x", "-5", "--memory", "--memory=1G", "-m", "-m128M", "-m=64M", "128M",
     "--cpus", "--cpus=2", "--smp", "2", " 3", "two", "--debug-exit-port", "0x10", "--debug-exit-port=077", "0o77",
     "--pvm", "--pvm=on", "on", "auto", "maybe", "--serial", "--serial=null", "null", "--config", "vm.json",
-    "--config=", "=", "--kernel=-k",
+    "--config=", "=", "--kernel=-k", "--api-socket", "--api-socket=/tmp/vm.sock", "vm.sock",
 ]
 
 
@@ -36,6 +36,7 @@ def _check(argv: list[str]) -> None:
     ["run", "--kernel", "k.elf", "--serial", "null", "--memory", "128M"],
     ["run", "-vv", "--kernel=k.elf", "-m", "1G", "--cpus", "4", "--smp", "2", "--pvm", "off", "-v"],
     ["run", "--cmdline", "", "--debug-exit-port", "0xf4", "--initrd", "i", "--config", "c.json"],
+    ["run", "--kernel", "k.elf", "--api-socket", "/run/vm.sock"],
 ])
 def test_plain_run_options_take_the_fast_path(argv: list[str]) -> None:
     assert parse_run(argv) is not None

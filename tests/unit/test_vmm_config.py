@@ -78,3 +78,22 @@ def test_size_parser_matches_its_regular_expression(text):
     parts = config._split_size(text)
     got = (parts[0], parts[1].lower()) if parts else None
     assert got == ((m.group(1), m.group(2).lower()) if m else None)
+
+
+def test_api_socket_setting(tmp_path):
+    assert VmConfig().api_socket is None
+    cfg = VmConfig.from_dict({"api_socket": "vm.sock"}, base=str(tmp_path))
+    assert cfg.api_socket == str(tmp_path / "vm.sock")  # relative to the config file, like its other paths
+    assert VmConfig.from_dict({"api_socket": "/run/vm.sock"}).api_socket == "/run/vm.sock"
+    with pytest.raises(ConfigError, match="api_socket"):
+        VmConfig.from_dict({"api_socket": 3})
+
+
+def test_api_socket_path_must_fit_a_socket_address(tmp_path):
+    kernel = tmp_path / "k.elf"
+    kernel.write_bytes(b"x")
+    VmConfig(kernel=str(kernel), api_socket="/tmp/" + "a" * 100).validate()
+    with pytest.raises(ConfigError, match="shorter"):
+        VmConfig(kernel=str(kernel), api_socket="/tmp/" + "a" * 110).validate()
+    with pytest.raises(ConfigError, match="api_socket"):
+        VmConfig(kernel=str(kernel), api_socket="").validate()

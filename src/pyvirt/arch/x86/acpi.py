@@ -371,7 +371,7 @@ def _check_gsi(gsi: int, what: str) -> None:
         raise ValueError(
             f"{what} uses GSI {gsi}, which is not free for devices: use one of "
             f"{', '.join(map(str, sorted(DEVICE_GSIS)))} (IOAPIC pins 0-{IOAPIC_PINS - 1}; "
-            "the others belong to the PIT, keyboard, cascade, serial ports and RTC)"
+            "the others belong to the PIT, keyboard, cascade, serial ports, RTC and SCI)"
         )
 
 
