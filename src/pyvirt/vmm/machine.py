@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from ..devices.legacy.pit import Pit
     from ..devices.protocols import BusDevice
     from ..devices.pci.bus import PciBus
-    from .api import ApiServer
     from .machine_control import VcpuGate
     from .pvm import PvmAssist
     from .virtio_setup import VirtioSetup
@@ -347,7 +346,11 @@ class Machine:
         if assist is not None:
             handler.tick = assist.tick
         handler.tick = self._interrupt_hook(handler.tick)
-        api = self._start_api() if self.cfg.api_socket else None
+        api = None
+        if self.cfg.api_socket:
+            from .machine_control import start_api
+
+            api = start_api(self)  # before the guest runs: a taken socket path fails the start
         old_handlers = {}
         in_main = threading.current_thread() is threading.main_thread()
         if in_main:
@@ -423,16 +426,6 @@ class Machine:
                 gate.park(vcpu)
 
         return interrupted
-
-    def _start_api(self) -> ApiServer:
-        from .api import ApiError, ApiServer
-        from .machine_control import MachineControl
-
-        assert self.cfg.api_socket is not None
-        try:
-            return ApiServer(self.cfg.api_socket, MachineControl(self)).start()
-        except ApiError as e:
-            raise VmError(str(e)) from e
 
     def _pvm_watch(self, assist: PvmAssist, period: float = 1.0) -> None:
         """Once a second, interrupt the boot vCPU so the PVM layer can look at

@@ -1,0 +1,55 @@
+"""What the control API can do to a VM: the `VmControl` interface and its error.
+
+The API server (`api.py`) and its commands (`commands.py`) see a VM only
+through `VmControl`, so they are tested against a fake and the Machine's
+side (`machine_control.py`) is tested without HTTP. A new API action (save,
+snapshot, migrate...) is a method here, a command in commands.py and a path
+in docs/api.yaml.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class ControlError(Exception):
+    """The VM cannot do what was asked. `status` is the HTTP status the API
+    answers with: 409 (the default) for an action that does not fit the VM's
+    state, 400 for a value this VM cannot take, 500 for a failure."""
+
+    def __init__(self, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class VmControl(Protocol):
+    """The actions of the control API. Every method may raise ControlError;
+    the dicts returned are JSON-ready (str keys, plain values)."""
+
+    def status(self) -> dict[str, object]:
+        """state (running|paused|stopped), vcpus, memory, uptime, pid, devices."""
+        ...
+
+    def statistics(self) -> dict[str, object]:
+        """{"devices": {id: counters}, "vcpus": [{"index", "state"}]}."""
+        ...
+
+    def pause(self) -> None:
+        """Returns once no vCPU runs guest code."""
+        ...
+
+    def resume(self) -> None:
+        ...
+
+    def balloon_set(self, target_bytes: int) -> None:
+        """Ask the guest to give back `target_bytes` (the balloon's size)."""
+        ...
+
+    def balloon_info(self) -> dict[str, object]:
+        """target, actual, memory (bytes) and the guest's statistics."""
+        ...
+
+    def stop(self) -> None:
+        """Power the VM off (returns at once; the VM ends shortly after)."""
+        ...
