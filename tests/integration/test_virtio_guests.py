@@ -267,13 +267,11 @@ def _control_option() -> str | None:
 
 
 def set_balloon_target(api_socket: str, pages: int) -> None:
-    """Ask the VMM for a new balloon target through its control API.
-
-    The API is not there yet: this is the expected shape (HTTP over the unix
-    socket, PUT /balloon {"num_pages": N}); adjust it when the API lands."""
+    """Ask the VMM for a new balloon size through its control API
+    (docs/api.yaml: PUT /balloon {"target": bytes})."""
     import json
 
-    body = json.dumps({"num_pages": pages}).encode()
+    body = json.dumps({"target": pages * 4096}).encode()
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(api_socket)
         s.sendall(b"PUT /balloon HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
