@@ -594,3 +594,22 @@ def test_fuzz_state(state):
         return
     assert q.state() == state
     _drain(mem, q)
+
+
+def test_event_idx_idle_queue_asks_for_a_kick_on_the_next_buffer():
+    """With event_idx the driver kicks only when it adds the buffer at
+    avail_event: a device that drained its queue must publish where it
+    stopped, or a Linux driver never kicks again."""
+    from pyvirt.testing.virtio import FakeDriverQueue
+
+    drv = FakeDriverQueue(GuestMemory.from_bytearray(1 << 20), size=8)
+    q = drv.virtqueue(event_idx=True)
+    avail_event_at = drv.used_addr + 4 + 8 * 8
+    for n in range(1, 20):
+        drv.add_chain([b"x"], [4])
+        chain = q.pop()
+        assert chain is not None
+        assert q.pop() is None
+        assert drv.mem.read_u16(avail_event_at) == n
+        q.push(chain.head, 0)
+        assert [head for head, _ in drv.used()] == [chain.head]

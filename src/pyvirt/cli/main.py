@@ -1,5 +1,6 @@
 """`pyvirt` command line: `run` boots a VM in the foreground; `vm ...` talks
-to a running one through its control API (cli/vm.py); `host check`
+to a running one through its control API (cli/vm.py); `image ...` makes
+and inspects disk images with qemu-img's verbs (cli/image.py); `host check`
 validates the host.
 
 Built on argparse so that `pyvirt run` starts in milliseconds: the VM
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         status = cmd_run(fast, WARNING - 10 * min(fast.run_verbose, 2))
     else:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_image_argv(sys.argv[1:] if argv is None else argv))
         level = WARNING - 10 * min(args.verbose + getattr(args, "run_verbose", 0), 2)
         if args.command != "run":
             _log.configure(level, LOG_FORMAT)
@@ -212,12 +213,30 @@ def main(argv: list[str] | None = None) -> int:
                 from .vm import cmd_vm
 
                 return cmd_vm(args)
+            if args.command == "image" and args.image_command:
+                from .image import cmd_image
+
+                return cmd_image(args)
             parser.print_help()
             return 2
         status = cmd_run(args, level)
     if argv is None:
         _exit_now(status)
     return status
+
+
+def _image_argv(argv: list[str]) -> list[str]:
+    """`argv` with a "--" before the SIZE of `image resize IMG -1G`, which
+    argparse would take for an option (qemu-img also reads it apart)."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-") and argv[i] not in ("-", "--"):
+        i += 1  # options before the command (-v): none takes a value
+    words = argv[i:i + 2]
+    if words == ["image", "resize"] and len(argv) > i + 3 and "--" not in argv[i + 2:]:
+        size = argv[-1]
+        if len(size) > 1 and size[0] == "-" and (size[1].isdigit() or size[1] == "."):
+            return [*argv[:-1], "--", size]
+    return argv
 
 
 def _exit_now(status: int) -> NoReturn:

@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--transport", choices=("pci", "mmio"), help="virtio transport (default pci)")
 
     _add_vm_parser(sub)
+    _add_image_parser(sub)
 
     host = sub.add_parser("host", help="host information")
     hsub = host.add_subparsers(dest="host_command", metavar="SUBCOMMAND")
@@ -82,3 +83,123 @@ def _add_vm_parser(sub: argparse._SubParsersAction) -> None:
                               description="Without TARGET, show the balloon; with it, ask the guest to give "
                                           "back TARGET of its memory (0 gives it all back).")
     balloon.add_argument("target", nargs="?", metavar="TARGET", help="balloon size, e.g. 64M, 1G, 0")
+
+
+def _add_image_parser(sub: argparse._SubParsersAction) -> None:
+    """`pyvirt image VERB`: qemu-img's verbs, with its option letters (cli/image.py)."""
+    image = sub.add_parser("image", help="create, inspect, convert and check disk images (like qemu-img)",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description="Disk image tools with qemu-img's verbs and options, for raw and qcow2.",
+                           epilog="exit status: 0 success, 1 error, 2 usage error "
+                                  "(check: 2 corruptions, 3 leaks only, 63 format without checks)")
+    isub = image.add_subparsers(dest="image_command", metavar="VERB")
+
+    def verb(name: str, text: str) -> argparse.ArgumentParser:
+        return isub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+
+    def fmt(p: argparse.ArgumentParser, letter: str = "-f", dest: str = "format",
+            what: str = "the image's format (default: detected from its first bytes)") -> None:
+        p.add_argument(letter, dest=dest, choices=("raw", "qcow2"), metavar="FMT", help=f"raw or qcow2: {what}")
+
+    def output(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--output", choices=("human", "json"), default="human", help="output format (default human)")
+
+    def share(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-U", "--force-share", action="store_true",
+                       help="open without a lock, even while a VM writes the image (what you read may be stale)")
+
+    def quiet(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+
+    def progress(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-p", "--progress", action="store_true",
+                       help="show a progress bar (shown anyway when stderr is a terminal, unless -q)")
+
+    def options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
+                       help="format options, e.g. cluster_size=64k,compat=1.1,lazy_refcounts=on (-o help lists them)")
+
+    c = verb("create", "create a disk image")
+    fmt(c, what="the new image's format (default raw)")
+    c.add_argument("-b", dest="backing", metavar="BACKING", help="backing file (a path relative to the new image's folder)")
+    fmt(c, "-F", "backing_format", "the backing file's format (default: detected)")
+    options(c)
+    c.add_argument("-u", dest="unsafe", action="store_true", help="do not open the backing file (SIZE is then required)")
+    quiet(c)
+    c.add_argument("filename", metavar="IMG")
+    c.add_argument("size", nargs="?", metavar="SIZE",
+                   help="bytes, or with a k, M, G, T suffix (default with -b: the backing file's size)")
+
+    i = verb("info", "show an image's format, sizes, backing file and snapshots")
+    fmt(i)
+    output(i)
+    i.add_argument("--backing-chain", action="store_true", help="also show every image of the backing chain")
+    share(i)
+    i.add_argument("filename", metavar="IMG")
+
+    k = verb("check", "check a qcow2 image's metadata for corruptions and leaked clusters")
+    fmt(k)
+    k.add_argument("-r", dest="repair", choices=("leaks", "all"), help="repair leaked clusters, or everything")
+    output(k)
+    share(k)
+    quiet(k)
+    k.add_argument("filename", metavar="IMG")
+
+    v = verb("convert", "copy an image into a new image, possibly of another format, leaving out unallocated and zero ranges")
+    fmt(v, what="the source's format (default: detected)")
+    v.add_argument("-O", dest="output_format", choices=("raw", "qcow2"), default="raw", metavar="FMT",
+                   help="raw (default) or qcow2: the new image's format")
+    v.add_argument("-c", dest="compress", action="store_true", help="compress the data clusters (qcow2 only)")
+    options(v)
+    v.add_argument("-S", dest="sparse_size", default="4k", metavar="SIZE",
+                   help="leave out zero runs of at least SIZE bytes (default 4k; 0 writes every byte)")
+    v.add_argument("-n", dest="no_create", action="store_true",
+                   help="write into an existing DST instead of creating it")
+    progress(v)
+    quiet(v)
+    share(v)
+    v.add_argument("source", metavar="SRC")
+    v.add_argument("target", metavar="DST")
+
+    r = verb("resize", "grow or shrink an image's virtual size")
+    fmt(r)
+    r.add_argument("--shrink", action="store_true", help="allow shrinking (the data past the new end is lost)")
+    quiet(r)
+    r.add_argument("filename", metavar="IMG")
+    r.add_argument("size", metavar="[+|-]SIZE", help="the new size, or a change of size")
+
+    b = verb("rebase", "change an image's backing file, keeping what the guest sees unless -u")
+    fmt(b)
+    b.add_argument("-b", dest="backing", required=True, metavar="BACKING",
+                   help='the new backing file ("" for none), relative to the image\'s folder')
+    fmt(b, "-F", "backing_format", "the new backing file's format (default: detected)")
+    b.add_argument("-u", dest="unsafe", action="store_true",
+                   help="unsafe: only rewrite the header, copying no data (when the new backing has the same content)")
+    progress(b)
+    quiet(b)
+    b.add_argument("filename", metavar="IMG")
+
+    m = verb("commit", "write an overlay's data into its backing file, then empty the overlay")
+    fmt(m)
+    m.add_argument("-d", dest="keep", action="store_true", help="keep the overlay's data (do not empty it)")
+    progress(m)
+    quiet(m)
+    m.add_argument("filename", metavar="IMG")
+
+    p = verb("map", "show where each range of the virtual disk comes from")
+    fmt(p)
+    output(p)
+    share(p)
+    p.add_argument("filename", metavar="IMG")
+
+    s = verb("snapshot", "create, list, apply or delete a qcow2 image's internal snapshots")
+    fmt(s)
+    what = s.add_mutually_exclusive_group(required=True)
+    what.add_argument("-c", dest="create", metavar="NAME", help="create a snapshot of the image's current state")
+    what.add_argument("-l", dest="list", action="store_true", help="list the snapshots")
+    what.add_argument("-a", dest="apply", metavar="NAME", help="revert the image to a snapshot (name or ID)")
+    what.add_argument("-d", dest="delete", metavar="NAME", help="delete a snapshot (name or ID)")
+    output(s)
+    share(s)
+    quiet(s)
+    s.add_argument("filename", metavar="IMG")

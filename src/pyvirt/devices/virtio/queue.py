@@ -259,7 +259,17 @@ class Virtqueue:
         # before it bumps idx, so every entry below idx is complete.
         idx = _U16.unpack_from(av, ao + 2)[0]
         if idx == nxt:
-            return None
+            if not self.event_idx:
+                return None
+            # Going idle: ask for a kick on the very next buffer (avail_event =
+            # the index we wait for), then look once more, since the driver may
+            # have added one before it could see that request.
+            _U16.pack_into(self._uv, self._uo + 4 + 8 * self.size, nxt)
+            with _FENCE:
+                pass
+            idx = _U16.unpack_from(av, ao + 2)[0]
+            if idx == nxt:
+                return None
         if (idx - nxt) & 0xFFFF > self.size:
             raise VirtqueueError(f"virtqueue {self.index}: available index {idx} is more than the queue size "
                                  f"{self.size} ahead of the device's {nxt}")
