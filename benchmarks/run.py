@@ -3,6 +3,7 @@
 
     python3 benchmarks/run.py            # or: make bench
     python3 benchmarks/run.py --quick    # fewer repetitions, smaller loops (a smoke run)
+    python3 benchmarks/run.py --virtio   # then the virtio device benchmark (benchmarks/virtio_bench.py)
 
 Measures, on the same guests for every VMM:
 
@@ -422,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pio-count", type=int, help="port writes in the long PIO run (default 200000)")
     ap.add_argument("--rss-settle", type=float, default=1.0, help="seconds before the RSS sample (default 1)")
     ap.add_argument("--json", type=Path, default=RESULTS / "latest.json", help="where to write the results")
+    ap.add_argument("--virtio", action="store_true",
+                    help="also run benchmarks/virtio_bench.py (virtio-blk and virtio-net against QEMU; "
+                         "writes results/virtio-latest.json)")
     args = ap.parse_args(argv)
     start_reps = args.start_reps or (3 if args.quick else 10)
     pio_reps = args.pio_reps or (3 if args.quick else 5)
@@ -585,7 +589,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         shown = args.json
     log(f"Results written to {shown}")
-    return 1 if problems else 0
+    status = 1 if problems else 0
+    if args.virtio:
+        if str(BENCH) not in sys.path:
+            sys.path.insert(0, str(BENCH))
+        import virtio_bench
+
+        log("")
+        status |= virtio_bench.main(["--quick"] if args.quick else [])
+    return status
 
 
 if __name__ == "__main__":

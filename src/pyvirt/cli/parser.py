@@ -155,6 +155,9 @@ def _add_image_parser(sub: argparse._SubParsersAction) -> None:
                    help="leave out zero runs of at least SIZE bytes (default 4k; 0 writes every byte)")
     v.add_argument("-n", dest="no_create", action="store_true",
                    help="write into an existing DST instead of creating it")
+    v.add_argument("-t", dest="cache", choices=("unsafe", "writeback", "writethrough", "none", "directsync"),
+                   default="unsafe", metavar="CACHE",
+                   help="unsafe (default, as qemu-img): no flush at the end; any other mode flushes DST")
     progress(v)
     quiet(v)
     share(v)

@@ -57,9 +57,10 @@ MAX_CHAIN_LEN = (1 << 32) - 1
 DESC_SIZE = 16
 
 # Native formats on purpose: struct's explicit little-endian codes ("<H")
-# store and load byte by byte, so a driver polling used.idx could see a
-# half-written index; native codes use one memcpy, a single load or store on
-# x86-64 (the only host pyvirt runs on, little-endian like the virtio rings).
+# load byte by byte, so reading avail.idx while the driver bumps it could see
+# a torn index; native codes load with one memcpy (x86-64, the only host
+# pyvirt runs on, is little-endian like the rings). Stores go through
+# `_store`, never pack_into (see there).
 _DESC = struct.Struct("QIHH")
 _U16 = struct.Struct("H")
 _ELEM = struct.Struct("II")
@@ -193,6 +194,16 @@ class QueueState:
     version: int = 1
 
 
+def _store(view: memoryview, offset: int, data: bytes) -> None:
+    """Write a ring field the driver may be polling, in one store.
+
+    Not struct.pack_into: it zero-fills the target before storing the value,
+    so a driver polling used.idx could read 0 in between (seen: a guest took
+    idx 0 for thousands of new entries). A slice assignment is one memcpy of
+    the final bytes."""
+    view[offset:offset + len(data)] = data
+
+
 def _ring_view(mem: GuestMemory, gpa: int, length: int, what: str, index: int) -> tuple[memoryview, int]:
     """The region view holding a whole ring, and the ring's offset in it.
 
@@ -264,7 +275,7 @@ class Virtqueue:
             # Going idle: ask for a kick on the very next buffer (avail_event =
             # the index we wait for), then look once more, since the driver may
             # have added one before it could see that request.
-            _U16.pack_into(self._uv, self._uo + 4 + 8 * self.size, nxt)
+            _store(self._uv, self._uo + 4 + 8 * self.size, _U16.pack(nxt))
             with _FENCE:
                 pass
             idx = _U16.unpack_from(av, ao + 2)[0]
@@ -364,10 +375,10 @@ class Virtqueue:
             raise VirtqueueError(f"virtqueue {self.index}: push of chain {head} with {written} bytes written")
         n = self.next_used
         # The entry first, then idx: the driver trusts every entry below idx.
-        _ELEM.pack_into(self._uv, self._uo + 4 + 8 * (n & self._mask), head, written)
+        _store(self._uv, self._uo + 4 + 8 * (n & self._mask), _ELEM.pack(head, written))
         n = (n + 1) & 0xFFFF
         self.next_used = n
-        _U16.pack_into(self._uv, self._uo + 2, n)
+        _store(self._uv, self._uo + 2, _U16.pack(n))
 
     def should_notify(self) -> bool:
         """Whether the driver wants an interrupt for what was pushed since the
@@ -400,9 +411,9 @@ class Virtqueue:
         more. Either way it is a hint: check pending() after enabling."""
         if self.event_idx:
             if enabled:
-                _U16.pack_into(self._uv, self._uo + 4 + 8 * self.size, self.next_avail)
+                _store(self._uv, self._uo + 4 + 8 * self.size, _U16.pack(self.next_avail))
         else:
-            _U16.pack_into(self._uv, self._uo, 0 if enabled else VIRTQ_USED_F_NO_NOTIFY)
+            _store(self._uv, self._uo, _U16.pack(0 if enabled else VIRTQ_USED_F_NO_NOTIFY))
         if enabled:
             # So the caller's pending() check cannot be ordered before this store.
             with _FENCE:
