@@ -14,21 +14,11 @@ from pyvirt.devices.virtio.balloon import (
     F_DEFLATE_ON_OOM, F_REPORTING, F_STATS_VQ, BalloonState, VirtioBalloon,
 )
 from pyvirt.memory.guest import GuestMemory, Region
-from pyvirt.testing.virtio import FakeDriverQueue
+from pyvirt.testing.virtio import FakeDriverQueue, FakeInterrupt
 
 MEM = 16 << 20  # guest RAM at 0..16 MiB; the rings and buffers live in its first MiB
 
 
-class Irq:
-    def __init__(self) -> None:
-        self.used_calls: list[int] = []
-        self.config = 0
-
-    def used(self, queue: int) -> None:
-        self.used_calls.append(queue)
-
-    def config_changed(self) -> None:
-        self.config += 1
 
 
 class Rig:
@@ -39,7 +29,7 @@ class Rig:
         self.now = 0.0
         self.dev = VirtioBalloon(lambda gpa, n: self.discarded.append((gpa, n)), clock=lambda: self.now,
                                  **kw)  # type: ignore[arg-type]
-        self.irq = Irq()
+        self.irq = FakeInterrupt()
         self.drv = [FakeDriverQueue(self.mem, 16, desc=i * 0x4000, buffers=(0x80000 + i * 0x20000,
                                                                            0xA0000 + i * 0x20000))
                     for i in range(4)]
@@ -221,7 +211,7 @@ def test_inflate_with_real_anonymous_memory() -> None:
     drv = [FakeDriverQueue(mem, 16, desc=i * 0x4000, buffers=(0x80000 + i * 0x20000, 0xA0000 + i * 0x20000))
            for i in range(2)]
     dev.driver_features = 1 << 32
-    dev.activate(mem, [d.virtqueue(index=i) for i, d in enumerate(drv)], Irq())
+    dev.activate(mem, [d.virtqueue(index=i) for i, d in enumerate(drv)], FakeInterrupt())
     mem.fill(0x400000, 0x3000, 0xAB)
     drv[0].add_chain([struct.pack("<3I", 0x400, 0x401, 0x40000)])  # the last one is beyond RAM
     dev.queue_notify(0)

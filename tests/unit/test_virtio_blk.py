@@ -21,23 +21,13 @@ from pyvirt.disk.ratelimit import RateLimiter
 from pyvirt.disk.raw import RawBackend
 from pyvirt.memory.guest import GuestMemory
 from pyvirt.testing import FakeClock
-from pyvirt.testing.virtio import FakeDriverQueue
+from pyvirt.testing.virtio import FakeDriverQueue, FakeInterrupt
 
 DISK = 256 * 1024
 TAIL = 100  # bytes after the last whole sector: outside the disk
 PATTERN = bytes((i * 7 + 3) & 0xFF for i in range(DISK + TAIL))
 
 
-class FakeInterrupt:
-    def __init__(self) -> None:
-        self.used_calls: list[int] = []
-        self.config_calls = 0
-
-    def used(self, queue: int) -> None:
-        self.used_calls.append(queue)
-
-    def config_changed(self) -> None:
-        self.config_calls += 1
 
 
 def header(rtype: int, sector: int = 0) -> bytes:

@@ -13,19 +13,9 @@ from pyvirt.devices.virtio.console import (
 from pyvirt.devices.virtio.device import CONSOLE
 from pyvirt.devices.virtio.queue import VIRTQ_DESC_F_WRITE
 from pyvirt.memory.guest import GuestMemory
-from pyvirt.testing.virtio import FakeDriverQueue
+from pyvirt.testing.virtio import FakeDriverQueue, FakeInterrupt
 
 
-class FakeInterrupt:
-    def __init__(self) -> None:
-        self.used_calls: list[int] = []
-        self.config_calls = 0
-
-    def used(self, queue: int) -> None:
-        self.used_calls.append(queue)
-
-    def config_changed(self) -> None:
-        self.config_calls += 1
 
 
 class Rig:

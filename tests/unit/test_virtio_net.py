@@ -17,21 +17,11 @@ from pyvirt.devices.virtio.net import (
 )
 from pyvirt.devices.virtio.queue import VIRTQ_DESC_F_NEXT
 from pyvirt.memory.guest import GuestMemory
-from pyvirt.testing.virtio import FakeDriverQueue
+from pyvirt.testing.virtio import FakeDriverQueue, FakeInterrupt
 
 MAC = bytes.fromhex("525400123456")
 
 
-class Irq:
-    def __init__(self) -> None:
-        self.used_calls: list[int] = []
-        self.config = 0
-
-    def used(self, queue: int) -> None:
-        self.used_calls.append(queue)
-
-    def config_changed(self) -> None:
-        self.config += 1
 
 
 class Limiter:
@@ -55,7 +45,7 @@ class Rig:
         self.now = 100.0
         self.dev = VirtioNet(DatagramBackend(guest_side), mac=MAC, clock=lambda: self.now,
                              **kw)  # type: ignore[arg-type]
-        self.irq = Irq()
+        self.irq = FakeInterrupt()
         self.dev.driver_features = features | (1 << 32)
         queues = [d.virtqueue(index=i, indirect=True, event_idx=event_idx) for i, d in enumerate((self.rx, self.tx))]
         self.dev.activate(self.mem, queues, self.irq)
@@ -314,7 +304,7 @@ def test_rx_error_backs_off_instead_of_spinning() -> None:
     mem = GuestMemory.from_bytearray(1 << 20)
     rx, tx = FakeDriverQueue(mem, 8, desc=0), FakeDriverQueue(mem, 8, desc=0x1000, buffers=(0x80000, 0x100000))
     dev.driver_features = 1 << 32
-    dev.activate(mem, [rx.virtqueue(index=0), tx.virtqueue(index=1)], Irq())
+    dev.activate(mem, [rx.virtqueue(index=0), tx.virtqueue(index=1)], FakeInterrupt())
     rx.add_chain([], [2048])
     dev.host_ready(0)
     assert dev.host_fds() == [] and dev.next_deadline() == 1.0

@@ -10,18 +10,9 @@ from pyvirt.devices.virtio.device import RNG
 from pyvirt.devices.virtio.queue import VIRTQ_DESC_F_WRITE
 from pyvirt.devices.virtio.rng import MAX_REQUEST, RngState, VirtioRng
 from pyvirt.memory.guest import GuestMemory
-from pyvirt.testing.virtio import FakeDriverQueue
+from pyvirt.testing.virtio import FakeDriverQueue, FakeInterrupt
 
 
-class FakeInterrupt:
-    def __init__(self) -> None:
-        self.used_calls: list[int] = []
-
-    def used(self, queue: int) -> None:
-        self.used_calls.append(queue)
-
-    def config_changed(self) -> None:
-        pass
 
 
 def make(source: object = None) -> tuple[VirtioRng, FakeDriverQueue, FakeInterrupt, list[str]]:

@@ -20,22 +20,12 @@ from pyvirt.devices.virtio.vsock import (
     OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, SHUT_RCV, SHUT_SEND, TYPE_STREAM, VirtioVsock, VsockError, VsockState,
 )
 from pyvirt.memory.guest import GuestMemory
-from pyvirt.testing.virtio import FakeDriverQueue
+from pyvirt.testing.virtio import FakeDriverQueue, FakeInterrupt
 
 CID = 3
 GPORT = 1234
 
 
-class Irq:
-    def __init__(self) -> None:
-        self.used_calls: list[int] = []
-        self.config = 0
-
-    def used(self, queue: int) -> None:
-        self.used_calls.append(queue)
-
-    def config_changed(self) -> None:
-        self.config += 1
 
 
 class Pkt:
@@ -57,7 +47,7 @@ class Rig:
         self.tx = FakeDriverQueue(self.mem, 128, desc=0x10000, buffers=(0x600000, 0xF00000))
         self.ev = FakeDriverQueue(self.mem, 8, desc=0x20000, buffers=(0xF00000, 0x1000000))
         self.dev = VirtioVsock(CID, self.path, clock=lambda: self.now)
-        self.irq = Irq()
+        self.irq = FakeInterrupt()
         self.servers: dict[int, socket.socket] = {}
         self.dev.driver_features = 1 << 32
         if activate:

@@ -279,3 +279,22 @@ class FakeDriverQueue:
     def avail_event(self) -> int:
         """With event_idx: the device wants a kick once avail.idx passes this."""
         return self.mem.read_u16(self.used_addr + 4 + 8 * self.size)
+
+
+class FakeInterrupt:
+    """A `VirtioInterrupt` that records what a device signalled: the queues
+    of `used()` calls in order, and how many config changes."""
+
+    def __init__(self) -> None:
+        self.used_calls: list[int] = []
+        self.config_calls = 0
+
+    def used(self, queue: int) -> None:
+        self.used_calls.append(queue)
+
+    def config_changed(self) -> None:
+        self.config_calls += 1
+
+    @property
+    def config(self) -> int:  # the name some tests use
+        return self.config_calls
