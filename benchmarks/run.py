@@ -4,6 +4,7 @@
     python3 benchmarks/run.py            # or: make bench
     python3 benchmarks/run.py --quick    # fewer repetitions, smaller loops (a smoke run)
     python3 benchmarks/run.py --virtio   # then the virtio device benchmark (benchmarks/virtio_bench.py)
+    python3 benchmarks/run.py --linux    # then the Linux guest boot (benchmarks/linux_bench.py; 15-30 min)
 
 Measures, on the same guests for every VMM:
 
@@ -426,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--virtio", action="store_true",
                     help="also run benchmarks/virtio_bench.py (virtio-blk and virtio-net against QEMU; "
                          "writes results/virtio-latest.json)")
+    ap.add_argument("--linux", action="store_true",
+                    help="also run benchmarks/linux_bench.py (Debian's kernel to a busybox /init under pyvirt and "
+                         "QEMU microvm, one after the other; takes 15-30 min here; writes results/linux-latest.json)")
     args = ap.parse_args(argv)
     start_reps = args.start_reps or (3 if args.quick else 10)
     pio_reps = args.pio_reps or (3 if args.quick else 5)
@@ -597,6 +601,13 @@ def main(argv: list[str] | None = None) -> int:
 
         log("")
         status |= virtio_bench.main(["--quick"] if args.quick else [])
+    if args.linux:
+        if str(BENCH) not in sys.path:
+            sys.path.insert(0, str(BENCH))
+        import linux_bench
+
+        log("")
+        status |= linux_bench.main([])
     return status
 
 
