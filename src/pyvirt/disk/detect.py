@@ -45,8 +45,9 @@ def open_disk(path: str, readonly: bool = False, format: str | None = None, *,
         raise DiskError(f"{path}: unknown disk format {format!r} (known: {', '.join(FORMATS)})")
     fmt = format or detect_format(path)
     if fmt == "qcow2":
-        raise DiskError(f"{path}: qcow2 support is not built yet; convert the image with "
-                        f"'qemu-img convert -O raw {path} out.raw'")
+        from .qcow2 import Qcow2Image
+
+        return Qcow2Image(path, readonly, serial=serial)
     from .raw import RawBackend
 
     return RawBackend(path, readonly, serial=serial)
