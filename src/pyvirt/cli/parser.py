@@ -126,7 +126,7 @@ def _add_image_parser(sub: argparse._SubParsersAction) -> None:
     options(c)
     c.add_argument("-u", dest="unsafe", action="store_true", help="do not open the backing file (SIZE is then required)")
     quiet(c)
-    c.add_argument("filename", metavar="IMG")
+    c.add_argument("filename", nargs="?", metavar="IMG", help="the new image (not needed with -o help)")
     c.add_argument("size", nargs="?", metavar="SIZE",
                    help="bytes, or with a k, M, G, T suffix (default with -b: the backing file's size)")
 
