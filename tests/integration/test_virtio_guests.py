@@ -98,6 +98,32 @@ def test_blk_writes_flushes_and_reads_back(boot, tmp_path, transport):
     assert data[sectors * 512:] == b"\xee" * ((4 << 20) - sectors * 512)  # nothing else touched
 
 
+@pytest.mark.skipif(not shutil.which("qemu-img"), reason="needs qemu-img (Debian's qemu-utils)")
+def test_blk_on_a_qcow2_overlay_of_a_read_only_base(boot, tmp_path):
+    """A linked clone: the guest writes through a thin qcow2 overlay; the raw
+    base is untouched, qemu-img finds the overlay clean, and the data the
+    guest wrote reads back through qemu-img's view of the chain."""
+    from pyvirt.disk.qcow2 import create
+
+    base = tmp_path / "base.raw"
+    base.write_bytes(b"\xee" * (4 << 20))
+    overlay = tmp_path / "overlay.qcow2"
+    create(str(overlay), None, backing_file="base.raw", backing_format="raw")  # relative, like qemu-img -b
+    seed, sectors = 0x5EED, 256
+    r = boot("virtio-blk", "--memory", "64M", "--disk", f"path={overlay}", "--cmdline", f"sectors={sectors} seed={seed:#x}")
+    ok(r)
+    assert "blk: capacity 8192 sectors" in r.lines()
+    assert base.read_bytes() == b"\xee" * (4 << 20)
+    check = subprocess.run(["qemu-img", "check", str(overlay)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    raw = tmp_path / "flat.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(overlay), str(raw)], check=True)
+    flat = raw.read_bytes()
+    assert flat[:sectors * 512] == blk_pattern(sectors, seed)
+    assert flat[sectors * 512:] == b"\xee" * ((4 << 20) - sectors * 512)
+    assert overlay.stat().st_blocks * 512 < 2 << 20  # thin: only what the guest wrote (plus metadata)
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_blk_read_only_disk_refuses_writes(boot, tmp_path, transport):
     img = tmp_path / "ro.img"
