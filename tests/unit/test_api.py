@@ -77,6 +77,17 @@ class FakeVm:
         self._call("stop")
         self.state = "stopped"
 
+    def save(self, path: str, compression: str) -> dict[str, object]:
+        self._call("save", (path, compression))
+        self.state = "stopped"
+        return {"state": "stopped", "path": path, "size": 8 << 20, "seconds": 0.25, "memory_pages": 2048,
+                "memory_runs": 3, "notes": []}
+
+    def snapshot(self, path: str, compression: str) -> dict[str, object]:
+        self._call("snapshot", (path, compression))
+        return {"state": self.state, "path": path, "size": 8 << 20, "seconds": 0.25, "memory_pages": 2048,
+                "memory_runs": 3, "notes": ["vCPU 0: MSRs that do not read back, not saved: 0x1"]}
+
 
 @pytest.fixture
 def sock_path(tmp_path: Path) -> str:

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyvirt.vmm.commands import (ROUTES, GetBalloon, GetStatistics, GetStatus, Pause, RequestError, Resume,
-                                 SetBalloon, Stop, find_command, parse_body, parse_request)
+from pyvirt.vmm.commands import (ROUTES, GetBalloon, GetStatistics, GetStatus, Pause, RequestError, Resume, Save,
+                                 SetBalloon, Snapshot, Stop, find_command, parse_body, parse_request)
 
 SPEC = Path(__file__).resolve().parents[2] / "docs" / "api.yaml"
 
@@ -27,6 +27,9 @@ SPEC = Path(__file__).resolve().parents[2] / "docs" / "api.yaml"
     ("PUT", "/balloon", b'{"target": 67108864}', SetBalloon(target=64 << 20)),
     ("PUT", "/balloon", b'{"target_mib": 64}', SetBalloon(target=64 << 20)),
     ("PUT", "/balloon", b'{"target": 0}', SetBalloon(target=0)),
+    ("PUT", "/save", b'{"path": "/tmp/vm.snap"}', Save(file="/tmp/vm.snap")),
+    ("PUT", "/snapshot", b'{"path": "/x y", "compression": "zstd"}', Snapshot(file="/x y", compression="zstd")),
+    ("PUT", "/snapshot", b'{"path": "/x", "compression": "none"}', Snapshot(file="/x")),
 ])
 def test_requests_become_commands(method, path, body, command):
     assert parse_request(method, path, body) == command
@@ -121,4 +124,16 @@ def test_spec_and_routes_agree():
 
 def test_spec_names_every_operation_after_its_control_method():
     ids = set(re.findall(r"operationId: (\w+)", SPEC.read_text()))
-    assert ids == {"status", "statistics", "pause", "resume", "stop", "balloon_info", "balloon_set"}
+    assert ids == {"status", "statistics", "pause", "resume", "stop", "balloon_info", "balloon_set", "save", "snapshot"}
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"", "is required"), (b'{"path": ""}', "is required"), (b'{"path": "vm.snap"}', "must be absolute"),
+    (b'{"path": 3}', "must be a string"), (b'{"path": "/a", "compression": "gzip"}', "not available"),
+    (b'{"path": "/a", "where": 1}', "unknown field"), (b'{"path": "/a\\u0000b"}', "NUL"),
+])
+def test_save_requests_are_checked(body, message):
+    for path in ("/save", "/snapshot"):
+        with pytest.raises(RequestError) as e:
+            parse_request("PUT", path, body)
+        assert e.value.status == 400 and message in e.value.message

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyvirt.cli.main import build_parser, parse_run
+from pyvirt.cli.main import build_parser, parse_restore, parse_run
 
 TOKENS = [
     "run", "host", "-v", "-vv", "-vvv", "--verbose", "--verbose=1", "-vm", "-h", "--help", "--", "-", "",
@@ -56,3 +56,35 @@ def test_everything_else_goes_to_argparse(argv: list[str]) -> None:
 def test_fast_parser_agrees_with_argparse(tail: list[str]) -> None:
     _check(["run", *tail])
     _check(tail)
+
+
+RESTORE_TOKENS = ["restore", "vm.snap", "other.snap", "-v", "-vv", "--verbose", "--verify", "--serial", "null",
+                  "--serial=file:/tmp/s", "--api-socket", "/tmp/a.sock", "--api-socket=x", "-x", "--", "", "-",
+                  "--serial=", "--help", "--ver"]
+
+
+def _check_restore(argv: list[str]) -> None:
+    fast = parse_restore(argv)
+    if fast is not None:
+        assert vars(fast) == _argparse(argv), argv
+
+
+@pytest.mark.parametrize("argv", [
+    ["restore", "vm.snap"], ["restore", "-v", "vm.snap", "--serial", "null", "--api-socket=/tmp/a.sock"],
+    ["restore", "--verify", "--serial=file:x", "vm.snap"],
+])
+def test_plain_restore_takes_the_fast_path(argv: list[str]) -> None:
+    assert parse_restore(argv) is not None
+    _check_restore(argv)
+
+
+@pytest.mark.parametrize("argv", [["restore"], ["restore", "a", "b"], ["restore", "--help"], ["restore", "--ser", "x", "a"],
+                                  ["-v", "restore", "a"], ["restore", "a", "--serial"]])
+def test_other_restores_go_to_argparse(argv: list[str]) -> None:
+    assert parse_restore(argv) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(RESTORE_TOKENS), max_size=6))
+def test_fast_restore_parser_agrees_with_argparse(tail: list[str]) -> None:
+    _check_restore(["restore", *tail])

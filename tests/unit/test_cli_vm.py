@@ -57,6 +57,19 @@ def test_actions(capsys, sock, vm, command, state):
     assert status == 0 and out.split() == ["state", state] and vm.state == state
 
 
+def test_save_and_snapshot_send_an_absolute_path(capsys, sock, vm, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run(capsys, "snapshot", "--api-socket", sock, "vm.snap", "--compress", "zstd")
+    assert status == 0 and err == ""
+    assert vm.calls[-1] == ("snapshot", (str(tmp_path / "vm.snap"), "zstd"))
+    lines = dict(line.split(None, 1) for line in out.splitlines())
+    assert lines["state"] == "running" and lines["size"] == "8 MiB" and lines["memory_pages"] == "2048"
+    assert "0x1" in lines["notes"]
+    status, out, _ = run(capsys, "save", "--api-socket", sock, str(tmp_path / "b.snap"), "-o", "json")
+    assert status == 0 and json.loads(out)["state"] == "stopped"
+    assert vm.calls[-1] == ("save", (str(tmp_path / "b.snap"), "none"))
+
+
 def test_balloon_set_and_show(capsys, sock, vm):
     status, out, _ = run(capsys, "balloon", "--api-socket", sock, "64M", "-o", "json")
     assert status == 0 and json.loads(out)["target"] == 64 << 20 and vm.target == 64 << 20

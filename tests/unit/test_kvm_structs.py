@@ -41,6 +41,9 @@ def test_ioctl_numbers_match_kernel_encoding():
     assert k.KVM_REINJECT_CONTROL == 0xAE71
     assert k.KVM_GET_XCRS == 0x8188AEA6
     assert k.KVM_GET_PIT2 == 0x8070AE9F
+    assert k.KVM_GET_XSAVE2 == 0x9000AECF
+    assert k.KVM_GET_CPUID2 == 0xC008AE91
+    assert k.KVM_GET_TSC_KHZ == 0xAEA3 and k.KVM_KVMCLOCK_CTRL == 0xAEAD
 
 
 @pytest.mark.skipif(not shutil.which("gcc"), reason="no C compiler to read the kernel headers")

@@ -284,3 +284,66 @@ def test_statistics_takes_dataclass_statistics():
         assert MachineControl(m).statistics()["devices"] == {"rng0": {"reads": 7}}
     finally:
         m.end()
+
+
+# --- save and snapshot --------------------------------------------------------------------
+
+@pytest.fixture
+def saves(monkeypatch):
+    """save_machine replaced by a recorder that checks the VM is paused while it runs."""
+    from pyvirt.vmm import save as save_module
+    from pyvirt.vmm.snapshot import SnapshotError
+
+    calls: list[tuple[str, str, bool]] = []
+    fail: list[Exception] = []
+
+    def fake_save(m, path, *, kind, compression="none", sync=True):
+        calls.append((path, kind, m.paused and m._gate.parked == {v.index for v in m.vcpus}))
+        if fail:
+            raise fail.pop()
+        return save_module.SaveResult(path=path, size=4096, seconds=0.01, memory_pages=1, memory_runs=1)
+
+    monkeypatch.setattr(save_module, "save_machine", fake_save)
+    return calls, fail, SnapshotError
+
+
+def test_snapshot_pauses_saves_and_resumes(machine, saves, tmp_path):
+    calls, _, _ = saves
+    ctl = MachineControl(machine, pause_timeout=10)
+    reply = ctl.snapshot(str(tmp_path / "a.snap"), "none")
+    assert calls == [(str(tmp_path / "a.snap"), "snapshot", True)]
+    assert reply["state"] == "running" and reply["size"] == 4096 and reply["notes"] == []
+    assert not machine.paused and all(_advances(v) for v in machine.vcpus)
+    ctl.pause()
+    assert ctl.snapshot(str(tmp_path / "b.snap"), "none")["state"] == "paused"
+    assert machine.paused  # a VM the user paused stays paused
+
+
+def test_save_stops_the_vm_without_running_it_again(machine, saves, tmp_path):
+    calls, _, _ = saves
+    ctl = MachineControl(machine, pause_timeout=10)
+    reply = ctl.save(str(tmp_path / "a.snap"), "none")
+    assert reply["state"] == "stopped" and calls[0][1:] == ("save", True)
+    assert machine.status == exit_status.POWEROFF and "saved to" in machine.reason
+    with pytest.raises(ControlError) as e:
+        ctl.snapshot(str(tmp_path / "b.snap"), "none")
+    assert e.value.status == 409
+
+
+def test_a_failed_save_leaves_the_vm_running(machine, saves, tmp_path):
+    calls, fail, SnapshotError = saves
+    ctl = MachineControl(machine, pause_timeout=10)
+    fail.append(SnapshotError("writing x: No space left on device"))
+    with pytest.raises(ControlError) as e:
+        ctl.save(str(tmp_path / "a.snap"), "none")
+    assert e.value.status == 500 and "No space left" in e.value.message and "runs on" in e.value.message
+    assert not machine.paused and machine.status is None and all(_advances(v) for v in machine.vcpus)
+
+
+@pytest.mark.parametrize("where, message", [("missing/a.snap", "is not a directory"), ("", "it is a directory")])
+def test_save_to_an_unusable_path_is_a_400(machine, saves, tmp_path, where, message):
+    ctl = MachineControl(machine, pause_timeout=10)
+    with pytest.raises(ControlError) as e:
+        ctl.save(str(tmp_path / where) if where else str(tmp_path), "none")
+    assert e.value.status == 400 and message in e.value.message
+    assert saves[0] == [] and not machine.paused

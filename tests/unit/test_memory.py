@@ -82,3 +82,36 @@ def test_discard_outside_memory_is_refused():
     mem = GuestMemory.from_bytearray(4 * 4096)
     with pytest.raises(GuestMemoryError):
         mem.discard(2 * 4096, 8 * 4096)
+
+
+def test_map_file_loads_pages_lazily_and_never_writes_the_file(tmp_path):
+    """What a snapshot restore does: file pages mapped privately over anonymous memory."""
+    import os
+
+    from pyvirt.memory import GuestMemoryError, Region
+
+    path = tmp_path / "pages"
+    path.write_bytes(b"A" * 4096 + b"B" * 4096 + b"C" * 4096)
+    r = Region.anonymous(0x100000, 16 * 4096)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert r.map_file(fd, [(4096, 8192, 4096), (8 * 4096, 4096, 0)]) == 2
+    finally:
+        os.close(fd)  # the mapping keeps the file
+    mem = GuestMemory([r])
+    assert r.file_backed
+    assert mem.read(0x100000, 4096) == bytes(4096)  # not mapped: anonymous zeros
+    assert mem.read(0x101000, 8192) == b"B" * 4096 + b"C" * 4096
+    assert mem.read(0x108000, 4096) == b"A" * 4096
+    mem.write(0x101000, b"guest")  # a private copy of the page
+    assert path.read_bytes()[4096:4101] == b"BBBBB"
+    mem.discard(0x101000, 8192)  # reads zero afterwards, not the file's bytes
+    assert mem.read(0x101000, 8192) == bytes(8192)
+    assert mem.read(0x108000, 4096) == b"A" * 4096
+    for bad in [(1, 4096, 0), (0, 4096, 1), (15 * 4096, 8192, 0), (0, 0, 0)]:
+        with pytest.raises(GuestMemoryError):
+            r.map_file(-1, [bad])
+    with pytest.raises(GuestMemoryError):
+        Region(0, 4096, bytearray(4096)).map_file(-1, [(0, 4096, 0)])
+    r.view.release()
+    r.buf.close()  # type: ignore[union-attr]

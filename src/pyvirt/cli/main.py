@@ -1,4 +1,5 @@
-"""`pyvirt` command line: `run` boots a VM in the foreground; `vm ...` talks
+"""`pyvirt` command line: `run` boots a VM in the foreground; `restore`
+starts one from a snapshot file (cli/restore.py); `vm ...` talks
 to a running one through its control API (cli/vm.py); `image ...` makes
 and inspects disk images with qemu-img's verbs (cli/image.py); `host check`
 validates the host.
@@ -106,6 +107,58 @@ def parse_run(argv: list[str]) -> RunArgs | None:
     return args
 
 
+class RestoreArgs:
+    """The namespace `build_parser().parse_args(["restore", ...])` returns."""
+
+    def __init__(self) -> None:
+        self.verbose = 0
+        self.command = "restore"
+        self.run_verbose = 0
+        self.file = ""
+        self.serial: str | None = None
+        self.api_socket: str | None = None
+        self.verify = False
+
+
+_RESTORE_OPTIONS = {"--serial": "serial", "--api-socket": "api_socket"}
+
+
+def parse_restore(argv: list[str]) -> RestoreArgs | None:
+    """`pyvirt restore FILE` with plain options, as argparse would parse it,
+    or None for anything else (argparse then handles it): a restore is
+    meant to take milliseconds, and argparse alone costs tens of them."""
+    if not argv or argv[0] != "restore":
+        return None
+    args = RestoreArgs()
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "--verbose" or (len(arg) >= 2 and arg[0] == "-" and arg[1:] == "v" * (len(arg) - 1)):
+            args.run_verbose += 1 if arg == "--verbose" else len(arg) - 1
+            continue
+        if arg == "--verify":
+            args.verify = True
+            continue
+        if not arg.startswith("-"):
+            if args.file or not arg:
+                return None
+            args.file = arg
+            continue
+        option, eq, value = arg.partition("=")
+        if option not in _RESTORE_OPTIONS:
+            return None
+        if not eq:
+            if i == len(argv):
+                return None
+            value = argv[i]
+            i += 1
+        if value.startswith("-") or not value:
+            return None
+        setattr(args, _RESTORE_OPTIONS[option], value)
+    return args if args.file else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the whole command line (defined in parser.py)."""
     from .parser import build_parser
@@ -198,14 +251,24 @@ def main(argv: list[str] | None = None) -> int:
     `pyvirt run` on the process's own command line does not return: once
     the VM is closed it ends the process at once (see `_exit_now`).
     """
-    fast = parse_run(sys.argv[1:] if argv is None else argv)
+    words = sys.argv[1:] if argv is None else argv
+    fast = parse_run(words)
+    fast_restore = parse_restore(words) if fast is None else None
     if fast is not None:
         status = cmd_run(fast, WARNING - 10 * min(fast.run_verbose, 2))
+    elif fast_restore is not None:
+        from .restore import cmd_restore
+
+        status = cmd_restore(fast_restore, WARNING - 10 * min(fast_restore.run_verbose, 2))
     else:
         parser = build_parser()
         args = parser.parse_args(_image_argv(sys.argv[1:] if argv is None else argv))
         level = WARNING - 10 * min(args.verbose + getattr(args, "run_verbose", 0), 2)
-        if args.command != "run":
+        if args.command == "restore":
+            from .restore import cmd_restore
+
+            status = cmd_restore(args, level)
+        elif args.command != "run":
             _log.configure(level, LOG_FORMAT)
             if args.command == "host" and args.host_command == "check":
                 return cmd_host_check()
@@ -219,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
                 return cmd_image(args)
             parser.print_help()
             return 2
-        status = cmd_run(args, level)
+        else:
+            status = cmd_run(args, level)
     if argv is None:
         _exit_now(status)
     return status

@@ -55,6 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--console", choices=("serial", "virtio"), help="where the console goes (default serial)")
     dev.add_argument("--transport", choices=("pci", "mmio"), help="virtio transport (default pci)")
 
+    restore = sub.add_parser("restore", help="start a VM from a snapshot file, in the foreground",
+                             formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_STATUS_HELP,
+                             description="Start the VM saved in FILE (by `pyvirt vm save` or `pyvirt vm snapshot`) "
+                                         "where it left off. Its memory, vCPUs and devices come from the file; "
+                                         "guest memory is mapped from it, not read.")
+    restore.add_argument("-v", "--verbose", dest="run_verbose", action="count", default=0,
+                         help="more logging: what was restored and how long it took (-vv for debug)")
+    restore.add_argument("file", metavar="FILE", help="the snapshot file")
+    restore.add_argument("--serial", metavar="SPEC", help="stdio (default), null, file:PATH or socket:PATH")
+    restore.add_argument("--api-socket", metavar="PATH", help="serve the control API on this unix socket")
+    restore.add_argument("--verify", action="store_true",
+                         help="check the CRC of all saved guest memory first (reads the whole file)")
+
     _add_vm_parser(sub)
     _add_image_parser(sub)
 
@@ -71,14 +84,20 @@ def _add_vm_parser(sub: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--api-socket", metavar="PATH", required=True, help="the VM's --api-socket path")
     common.add_argument("--output", "-o", choices=("text", "json"), default="text", help="output format")
-    common.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
-                        help="how long to wait for the VM's answer (default 30)")
+    common.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="how long to wait for the VM's answer (default 30; 600 for save and snapshot)")
     for name, text in (("status", "state, vCPUs, memory, uptime, devices"),
                        ("stats", "per-device and per-vCPU counters"),
                        ("pause", "stop running guest code"),
                        ("resume", "run guest code again"),
                        ("stop", "power the VM off")):
         vsub.add_parser(name, parents=[common], help=text, description=text[0].upper() + text[1:] + ".")
+    for name, text in (("save", "write the VM's state to FILE, then stop it (restore with `pyvirt restore FILE`)"),
+                       ("snapshot", "write the VM's state to FILE; the VM runs on")):
+        p = vsub.add_parser(name, parents=[common], help=text, description=text[0].upper() + text[1:] + ".")
+        p.add_argument("file", metavar="FILE", help="the snapshot file to write (replaced if it exists)")
+        p.add_argument("--compress", choices=("none", "zstd", "lz4"), default="none",
+                       help="compress guest memory (smaller file; a restore must then read it instead of mapping it)")
     balloon = vsub.add_parser("balloon", parents=[common], help="show or set the balloon",
                               description="Without TARGET, show the balloon; with it, ask the guest to give "
                                           "back TARGET of its memory (0 gives it all back).")

@@ -1,4 +1,4 @@
-"""`pyvirt vm status|stats|pause|resume|stop|balloon`: a client of a VM's
+"""`pyvirt vm status|stats|pause|resume|stop|save|snapshot|balloon`: a client of a VM's
 control API (docs/api.yaml) over its unix socket.
 
 Only a client: every decision is the VM's, and its error message is what
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import sys
 import time
@@ -93,7 +94,7 @@ class ApiClient:
 
 # --- output -------------------------------------------------------------------------
 
-_SIZE_KEYS = {"memory", "target", "actual"}
+_SIZE_KEYS = {"memory", "target", "actual", "size"}
 
 
 def _size(n: int) -> str:
@@ -152,8 +153,9 @@ def _balloon_target(text: str) -> int:
 
 
 def cmd_vm(args: argparse.Namespace) -> int:
-    client = ApiClient(args.api_socket, args.timeout)
     command = args.vm_command
+    timeout = args.timeout if args.timeout is not None else 600.0 if command in ("save", "snapshot") else 30.0
+    client = ApiClient(args.api_socket, timeout)
     try:
         if command == "status":
             reply = client.request("GET", "/status")
@@ -161,6 +163,11 @@ def cmd_vm(args: argparse.Namespace) -> int:
             reply = client.request("GET", "/stats")
         elif command in ("pause", "resume", "stop"):
             reply = client.request("PUT", f"/{command}")
+        elif command in ("save", "snapshot"):
+            body: dict[str, object] = {"path": os.path.abspath(args.file)}
+            if args.compress != "none":
+                body["compression"] = args.compress
+            reply = client.request("PUT", f"/{command}", body)
         elif command == "balloon" and args.target is not None:
             reply = client.request("PUT", "/balloon", {"target": _balloon_target(args.target)})
         elif command == "balloon":

@@ -1,4 +1,5 @@
-"""The interfaces devices are written against: `BusDevice` and `IrqLine`.
+"""The interfaces devices are written against: `BusDevice`, `IrqLine`,
+`VirtioInterrupt`, and `Stateful` (what a snapshot saves).
 
 They are `typing.Protocol`s, needed only by type checkers. bus.py and irq.py
 export them under their old names but load this module only on request, so
@@ -7,7 +8,7 @@ that `pyvirt run` does not import `typing` to start a VM.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class BusDevice(Protocol):
@@ -35,3 +36,12 @@ class VirtioInterrupt(Protocol):
     def config_changed(self) -> None:
         """The device's config space (or its NEEDS_RESET status) changed."""
         ...
+
+
+class Stateful(Protocol):
+    """A component whose state a snapshot saves: `state()` returns its
+    frozen `XState` record, `restore()` validates and loads one."""
+
+    def state(self) -> Any: ...
+
+    def restore(self, state: Any) -> None: ...

@@ -104,6 +104,10 @@ KVM_CAP_MAX_VCPUS = 66
 KVM_CAP_SIGNAL_MSI = 77
 KVM_CAP_READONLY_MEM = 81
 KVM_CAP_IMMEDIATE_EXIT = 136
+KVM_CAP_TSC_CONTROL = 60
+KVM_CAP_GET_TSC_KHZ = 61
+KVM_CAP_KVMCLOCK_CTRL = 76
+KVM_CAP_XSAVE2 = 208
 
 KVM_API_VERSION = 12
 KVM_PIT_SPEAKER_DUMMY = 1
@@ -141,6 +145,7 @@ _EXTRA = {
     "KVM_SET_XSAVE": (_iow, 0xA5, "kvm_xsave"),
     "KVM_GET_XCRS": (_ior, 0xA6, "kvm_xcrs"),
     "KVM_SET_XCRS": (_iow, 0xA7, "kvm_xcrs"),
+    "KVM_GET_XSAVE2": (_ior, 0xCF, "kvm_xsave"),
 }
 
 

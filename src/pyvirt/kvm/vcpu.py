@@ -113,6 +113,31 @@ class Vcpu:
             buf.entries[i] = e
         ioctl(self.fd, k.KVM_SET_CPUID2, buf, "KVM_SET_CPUID2")
 
+    def get_cpuid2(self) -> list[s.kvm_cpuid_entry2]:
+        """The CPUID table KVM_SET_CPUID2 gave this vCPU."""
+        buf = s.kvm_cpuid2_buf()
+        buf.nent = s.MAX_CPUID_ENTRIES
+        ioctl(self.fd, k.KVM_GET_CPUID2, buf, "KVM_GET_CPUID2")
+        out = []
+        for e in buf.entries[: buf.nent]:
+            c = s.kvm_cpuid_entry2()
+            ctypes.memmove(ctypes.addressof(c), ctypes.addressof(e), ctypes.sizeof(c))
+            out.append(c)
+        return out
+
+    def get_tsc_khz(self) -> int:
+        """The guest's TSC frequency in kHz (KVM_GET_TSC_KHZ)."""
+        return ioctl(self.fd, k.KVM_GET_TSC_KHZ, 0, "KVM_GET_TSC_KHZ")
+
+    def set_tsc_khz(self, khz: int) -> None:
+        """Scale the guest's TSC to `khz` (needs KVM_CAP_TSC_CONTROL)."""
+        ioctl(self.fd, k.KVM_SET_TSC_KHZ, khz, "KVM_SET_TSC_KHZ")
+
+    def kvmclock_ctrl(self) -> None:
+        """Tell a kvmclock guest it was stopped (KVM_KVMCLOCK_CTRL): its soft
+        lockup watchdog then does not fire for the time it was stopped."""
+        ioctl(self.fd, k.KVM_KVMCLOCK_CTRL, 0, "KVM_KVMCLOCK_CTRL")
+
     def get_msrs(self, indices: list[int]) -> dict[int, int]:
         m = s.kvm_msrs(len(indices))
         for i, idx in enumerate(indices):
@@ -161,13 +186,25 @@ class Vcpu:
     def set_debugregs(self, data: bytes) -> None:
         ioctl(self.fd, k.KVM_SET_DEBUGREGS, s.kvm_debugregs.from_buffer_copy(data), "KVM_SET_DEBUGREGS")
 
-    def get_xsave(self) -> bytes:
-        st = s.kvm_xsave()
-        ioctl(self.fd, k.KVM_GET_XSAVE, st, "KVM_GET_XSAVE")
-        return bytes(st)
+    def get_xsave(self, size: int = 0) -> bytes:
+        """The XSAVE area: struct kvm_xsave (4096 bytes), or with `size` >
+        4096 (KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2), for AMX state) that many
+        bytes through KVM_GET_XSAVE2."""
+        if size <= ctypes.sizeof(s.kvm_xsave):
+            st = s.kvm_xsave()
+            ioctl(self.fd, k.KVM_GET_XSAVE, st, "KVM_GET_XSAVE")
+            return bytes(st)
+        buf = ctypes.create_string_buffer(size)
+        ioctl(self.fd, k.KVM_GET_XSAVE2, buf, "KVM_GET_XSAVE2")
+        return buf.raw
 
     def set_xsave(self, data: bytes) -> None:
-        ioctl(self.fd, k.KVM_SET_XSAVE, s.kvm_xsave.from_buffer_copy(data), "KVM_SET_XSAVE")
+        """Load an XSAVE area of 4096 bytes or, where KVM_CAP_XSAVE2 asks for
+        more, of that size (the kernel reads its own size from the pointer)."""
+        if len(data) <= ctypes.sizeof(s.kvm_xsave):
+            ioctl(self.fd, k.KVM_SET_XSAVE, s.kvm_xsave.from_buffer_copy(data.ljust(4096, b"\0")), "KVM_SET_XSAVE")
+        else:
+            ioctl(self.fd, k.KVM_SET_XSAVE, ctypes.create_string_buffer(bytes(data), len(data)), "KVM_SET_XSAVE")
 
     def get_xcrs(self) -> bytes:
         st = s.kvm_xcrs()

@@ -97,6 +97,7 @@ class Vm:
         return c
 
     def set_clock(self, clock: int) -> None:
+        """Set the VM's kvmclock to `clock` nanoseconds (KVM_SET_CLOCK)."""
         ioctl(self.fd, k.KVM_SET_CLOCK, s.kvm_clock_data(clock=clock), "KVM_SET_CLOCK")
 
     def get_dirty_log(self, slot: int, npages: int) -> bytearray:

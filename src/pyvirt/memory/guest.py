@@ -6,8 +6,13 @@ import bisect
 import ctypes
 import mmap
 import struct
+
 from .._record import Record
 from .errors import GuestMemoryError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 PAGE_SIZE = 4096
 
@@ -16,18 +21,20 @@ class Region(Record):
     """`size` bytes of host memory that the guest sees at `gpa`; `view` is a
     memoryview of `buf`."""
 
-    __slots__ = ("gpa", "size", "buf", "view")
+    __slots__ = ("gpa", "size", "buf", "view", "file_backed")
     __match_args__ = ("gpa", "size", "buf")
     gpa: int
     size: int
     buf: "mmap.mmap | bytearray"
     view: memoryview
+    file_backed: bool  # some pages are private mappings of a file (map_file)
 
     def __init__(self, gpa: int, size: int, buf: "mmap.mmap | bytearray") -> None:
         self.gpa = gpa
         self.size = size
         self.buf = buf
         self.view = memoryview(buf)
+        self.file_backed = False
 
     @property
     def end(self) -> int:
@@ -55,6 +62,60 @@ class Region(Record):
             except OSError:
                 pass
         return cls(gpa, size, buf)
+
+    def map_file(self, fd: int, pieces: Iterable[tuple[int, int, int]]) -> int:
+        """Replace parts of this (mmap) region with private mappings of the
+        file `fd`: each piece is (offset in the region, length, offset in the
+        file), all in whole pages. The pages load from the file on first
+        touch, and a write copies the page, leaving the file alone. This is
+        how a snapshot's memory is restored without reading it. Returns the
+        number of pieces mapped."""
+        if not isinstance(self.buf, mmap.mmap):
+            raise GuestMemoryError("only mmap-backed regions can map a file")
+        base = self.host_address()
+        n = 0
+        for offset, length, file_offset in pieces:
+            if (offset | length | file_offset) % PAGE_SIZE or length <= 0 or offset < 0 or offset + length > self.size:
+                raise GuestMemoryError(f"file mapping {offset:#x}+{length:#x} (file offset {file_offset:#x}) is "
+                                       f"not whole pages inside the region of {self.size:#x} bytes")
+            _map_fixed(base + offset, length, mmap.MAP_PRIVATE, fd, file_offset)
+            self.file_backed = True
+            n += 1
+        return n
+
+    def discard(self, offset: int, length: int) -> None:
+        """Drop whole pages: they read as zero afterwards and cost no host memory."""
+        if not isinstance(self.buf, mmap.mmap):
+            self.view[offset:offset + length] = bytes(length)
+        elif self.file_backed:
+            # MADV_DONTNEED on a private file mapping would bring back the
+            # file's bytes, not zeros: put anonymous memory there instead.
+            _map_fixed(self.host_address() + offset, length,
+                       mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0), -1, 0)
+        else:
+            self.buf.madvise(mmap.MADV_DONTNEED, offset, length)
+
+
+_MAP_FIXED = 0x10
+_libc_mmap = None
+
+
+def _map_fixed(address: int, length: int, flags: int, fd: int, offset: int) -> None:
+    """mmap(address, length, PROT_READ|PROT_WRITE, flags|MAP_FIXED, fd, offset)
+    over memory this process already maps there (Python's mmap cannot)."""
+    global _libc_mmap
+    if _libc_mmap is None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.mmap
+        fn.restype = ctypes.c_void_p
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        _libc_mmap = fn
+    got = _libc_mmap(address, length, mmap.PROT_READ | mmap.PROT_WRITE, flags | _MAP_FIXED, fd, offset)
+    if got != address:
+        import os
+
+        err = ctypes.get_errno()
+        raise GuestMemoryError(f"cannot map {length:#x} bytes at {address:#x}: {os.strerror(err)}")
 
 
 _U16 = struct.Struct("<H")
@@ -139,10 +200,7 @@ class GuestMemory:
         if end <= start:
             return
         r, off = self._find(start, end - start)
-        if isinstance(r.buf, mmap.mmap):
-            r.buf.madvise(mmap.MADV_DONTNEED, off, end - start)
-        else:
-            r.view[off:off + end - start] = bytes(end - start)
+        r.discard(off, end - start)
 
     def read_cstr(self, gpa: int, limit: int = 4096) -> bytes:
         """A NUL-terminated string starting at gpa, at most `limit` bytes."""

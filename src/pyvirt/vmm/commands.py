@@ -232,3 +232,50 @@ class SetBalloon(Command):
     def execute(self, vm: VmControl) -> dict[str, object]:
         vm.balloon_set(self.target)
         return vm.balloon_info()
+
+
+@dataclass(frozen=True)
+class _WriteState(Command):
+    """Body {"path": absolute path, "compression": "none"|"zstd"|"lz4"}."""
+
+    method = "PUT"
+    fields = {"path": str, "compression": str}
+    file: str
+    compression: str = "none"
+
+    @classmethod
+    def from_body(cls, body: dict[str, object]) -> Command:
+        where = f"{cls.method} {cls.path}"
+        values = check_fields(body, cls.fields, where)
+        path = values.get("path")
+        if not isinstance(path, str) or not path:
+            raise RequestError(f"{where}: \"path\" (the snapshot file to write) is required")
+        if not path.startswith("/"):
+            raise RequestError(f"{where}: path {path!r} must be absolute (the VMM's working directory is not yours)")
+        if "\0" in path:
+            raise RequestError(f"{where}: path contains a NUL byte")
+        compression = values.get("compression", "none")
+        from .snapshot import available_codecs
+
+        codecs = available_codecs()
+        if compression not in codecs:
+            raise RequestError(f"{where}: compression {compression!r} is not available (use {', '.join(codecs)})")
+        return cls(file=path, compression=str(compression))
+
+
+@route
+@dataclass(frozen=True)
+class Save(_WriteState):
+    path = "/save"
+
+    def execute(self, vm: VmControl) -> dict[str, object]:
+        return vm.save(self.file, self.compression)
+
+
+@route
+@dataclass(frozen=True)
+class Snapshot(_WriteState):
+    path = "/snapshot"
+
+    def execute(self, vm: VmControl) -> dict[str, object]:
+        return vm.snapshot(self.file, self.compression)

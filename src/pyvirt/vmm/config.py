@@ -112,11 +112,13 @@ class VmConfig(Record):
     def has_virtio(self) -> bool:
         return bool(self.disks or self.nets or self.vsock or self.rng or self.balloon or self.console == "virtio")
 
-    def validate(self) -> None:
-        if not self.kernel:
+    def validate(self, require_kernel: bool = True) -> None:
+        """ConfigError naming the first bad setting. A restored VM
+        (`require_kernel=False`) boots no kernel: its memory holds one."""
+        if require_kernel and not self.kernel:
             raise ConfigError("no kernel: pass --kernel FILE (or \"kernel\" in the config file)")
         for what, path in (("kernel", self.kernel), ("initrd", self.initrd)):
-            if path is not None and not os.path.isfile(path):
+            if require_kernel and path is not None and not os.path.isfile(path):
                 raise ConfigError(f"{what} {path!r} does not exist or is not a file")
         if self.memory <= 0 or self.memory % PAGE_SIZE:
             raise ConfigError(f"memory {self.memory} bytes is not a positive multiple of the 4 KiB page size")

@@ -53,3 +53,12 @@ class VmControl(Protocol):
     def stop(self) -> None:
         """Power the VM off (returns at once; the VM ends shortly after)."""
         ...
+
+    def save(self, path: str, compression: str) -> dict[str, object]:
+        """Write the VM's state to the snapshot file `path`, then stop the VM
+        (it never runs again after the state was taken)."""
+        ...
+
+    def snapshot(self, path: str, compression: str) -> dict[str, object]:
+        """Write the VM's state to `path`; the VM runs on (pause, save, resume)."""
+        ...

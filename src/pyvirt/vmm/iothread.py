@@ -45,6 +45,9 @@ class IoThread:
         self._devices: list[VirtioDevice] = []
         self._watched: dict[int, dict[int, object]] = {}  # id(device) -> its registered host fds and tokens
         self._stop = False
+        # Held by the loop while it runs device work, and by hold() to keep it
+        # from running any (a state save wants the devices still).
+        self._busy = threading.Lock()
         self._thread: threading.Thread | None = None
         self.errors = 0
 
@@ -142,15 +145,25 @@ class IoThread:
     def run(self) -> None:
         while not self._stop:
             events = self._sel.select(self._timeout())
-            for key, _ in events:
-                if key.data is None:
-                    try:
-                        os.eventfd_read(self._wake)
-                    except BlockingIOError:
-                        pass
-                    continue
-                self._call(key.data)
-            self._call(self._run_timers)
+            with self._busy:
+                for key, _ in events:
+                    if key.data is None:
+                        try:
+                            os.eventfd_read(self._wake)
+                        except BlockingIOError:
+                            pass
+                        continue
+                    self._call(key.data)
+                self._call(self._run_timers)
+
+    def hold(self) -> None:
+        """Keep the loop from running device work until `release()`: returns
+        once a callback in progress has finished. Notifications meanwhile
+        stay pending in their eventfds. Not from the I/O thread itself."""
+        self._busy.acquire()
+
+    def release(self) -> None:
+        self._busy.release()
 
     def _call(self, fn: Callable[[], None]) -> None:
         # A device bug must not end the I/O of every other device: log it and

@@ -85,9 +85,11 @@ def _read_file(path: str, what: str) -> bytes:
 class Machine:
     _gate: VcpuGate | None = None  # made by the first pause() (machine_control.py)
     _gate_lock = threading.Lock()
+    assist: PvmAssist | None = None  # the kvm_pvm layer, while run() runs
+    boots_kernel = True  # False for a machine restored from a snapshot (restore.py)
 
     def __init__(self, cfg: VmConfig, console: Console | None = None) -> None:
-        cfg.validate()
+        cfg.validate(require_kernel=self.boots_kernel)
         self.cfg = cfg
         self.console = console or Console(cfg.serial, on_quit=lambda: self.stop(exit_status.POWEROFF, "quit from the console"))
         self.status: int | None = None
@@ -119,8 +121,7 @@ class Machine:
                 f"{cfg.memory >> 20} MiB of guest memory requested but the host has only "
                 f"{limit >> 20} MiB of RAM and swap; lower --memory"
             )
-        kernel = _read_file(cfg.kernel, "kernel")
-        initrd = _read_file(cfg.initrd, "initrd") if cfg.initrd else None
+        kernel, initrd = self._read_images()
 
         self.vm = self.kvm.create_vm()
         try:
@@ -143,8 +144,15 @@ class Machine:
         self._setup_firmware_and_kernel(kernel, initrd)
         self._create_vcpus()
 
+    def _read_images(self) -> tuple[bytes, bytes | None]:
+        cfg = self.cfg
+        return _read_file(cfg.kernel, "kernel"), _read_file(cfg.initrd, "initrd") if cfg.initrd else None
+
+    def _ram_regions(self, size: int) -> list[Region]:
+        return [Region.anonymous(r.gpa, r.size) for r in layout.ram_ranges(size)]
+
     def _map_memory(self, size: int) -> GuestMemory:
-        regions = [Region.anonymous(r.gpa, r.size) for r in layout.ram_ranges(size)]
+        regions = self._ram_regions(size)
         for slot, r in enumerate(regions):
             self.vm.set_user_memory_region(slot, r.gpa, r.size, r.host_address())
         return GuestMemory(regions)
@@ -336,12 +344,7 @@ class Machine:
 
     def run(self) -> int:
         """Run until the VM ends; returns the exit status."""
-        assist = None
-        if self.pvm:
-            from .pvm import PvmAssist
-
-            assist = PvmAssist(self.mem, on_halt=lambda: self.stop(
-                exit_status.POWEROFF, "the guest halted with interrupts off (e.g. poweroff without ACPI)"))
+        assist = self.assist = self._pvm_assist() if self.pvm else None
         handler = ExitHandler(self.pio, self.mmio, self.stop, assist=assist)
         if assist is not None:
             handler.tick = assist.tick
@@ -390,6 +393,12 @@ class Machine:
         if self.reason and not self.reason.startswith("the guest wrote"):
             log.info("%s", self.reason)
         return self.status if self.status is not None else exit_status.ERROR
+
+    def _pvm_assist(self) -> PvmAssist:
+        from .pvm import PvmAssist
+
+        return PvmAssist(self.mem, on_halt=lambda: self.stop(
+            exit_status.POWEROFF, "the guest halted with interrupts off (e.g. poweroff without ACPI)"))
 
     # --- pause, resume, control API (the logic is in machine_control.py) ----------
     def pause(self, timeout: float = 5.0) -> None:

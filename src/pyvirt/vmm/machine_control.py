@@ -219,6 +219,50 @@ class MachineControl:
         self._check_running()
         self.m.stop(exit_status.POWEROFF, "stopped through the control API")
 
+    # --- save and snapshot --------------------------------------------------------
+    def save(self, path: str, compression: str) -> dict[str, object]:
+        return self._write_state(path, compression, stop=True)
+
+    def snapshot(self, path: str, compression: str) -> dict[str, object]:
+        return self._write_state(path, compression, stop=False)
+
+    def _write_state(self, path: str, compression: str, stop: bool) -> dict[str, object]:
+        from .save import save_machine
+        from .snapshot import SnapshotError
+
+        directory = os.path.dirname(path) or "."
+        if not os.path.isdir(directory):
+            raise ControlError(f"cannot write {path}: {directory} is not a directory", status=400)
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise ControlError(f"cannot write {path}: no permission to create files in {directory}", status=400)
+        if os.path.isdir(path):
+            raise ControlError(f"cannot write {path}: it is a directory", status=400)
+        with self._lock:
+            self._check_running()
+            was_paused = self.m.paused
+            if not was_paused:
+                try:
+                    self.m.pause(self._pause_timeout)
+                except TimeoutError as e:
+                    raise ControlError(f"cannot pause to save: {e}; the VM runs on", status=500) from e
+            try:
+                result = save_machine(self.m, path, kind="save" if stop else "snapshot", compression=compression)
+            except BaseException as e:
+                if not was_paused:
+                    self.m.resume()
+                if isinstance(e, SnapshotError):
+                    raise ControlError(f"{e}; the VM runs on", status=500) from e
+                raise
+            if stop:
+                # Still paused: the guest must not run after its state was taken.
+                self.m.stop(exit_status.POWEROFF, f"saved to {result.path}")
+                state = "stopped"
+            else:
+                if not was_paused:
+                    self.m.resume()
+                state = "paused" if was_paused else "running"
+        return {"state": state, **result.as_dict()}
+
     # --- balloon ----------------------------------------------------------------
     def _balloon(self) -> VirtioBalloon:
         virtio = self.m.virtio

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from ..kvm import Vcpu
     from ..memory import GuestMemory
+    from .vmstate import PvmState
 
 log = get_logger(__name__)
 
@@ -193,6 +194,28 @@ class PvmAssist:
             self._count("ud2")
             return True
         return False
+
+    def state(self) -> PvmState:
+        """Where the SYSCALL fix-up's int3 is (guest memory, saved with it, holds the byte)."""
+        from .vmstate import PvmState
+
+        f = self.syscall
+        return PvmState(handler_va=f.handler_va, handler_pa=f.handler_pa, displaced=f.displaced, lstar=f.lstar)
+
+    def restore(self, state: PvmState) -> None:
+        """Take over a saved fix-up; ValueError if the state is not one."""
+        from .vmstate import PvmState
+
+        if not isinstance(state, PvmState):
+            raise ValueError(f"expected a PvmState, got {type(state).__name__}")
+        state.check()
+        if state.displaced and _decode_displaced(state.displaced) != state.displaced:
+            raise ValueError(f"kvm_pvm: {state.displaced.hex()} is not an instruction the fix-up displaces")
+        if state.handler_pa and not self.mem.contains(state.handler_pa, 1):
+            raise ValueError(f"kvm_pvm: handler address {state.handler_pa:#x} is outside guest memory")
+        f = self.syscall
+        f.handler_va, f.handler_pa, f.displaced, f.lstar = (state.handler_va, state.handler_pa, state.displaced,
+                                                            state.lstar)
 
     def _count(self, name: str) -> None:
         n = self.counts.get(name, 0) + 1

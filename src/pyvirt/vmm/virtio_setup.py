@@ -235,6 +235,14 @@ class VirtioSetup:
         if self.devices:
             self.iothread.start()
 
+    def kick_all(self) -> None:
+        """Signal every queue's eventfd, as if the driver had notified each
+        (a device with nothing new available does nothing). A restored VM
+        does this once: notifications pending when it was saved were lost
+        with the old process's eventfds."""
+        for fd in self._eventfds:
+            os.eventfd_write(fd, 1)
+
     def close(self) -> None:
         self.iothread.close()
         for dev in self.devices:

@@ -1,0 +1,43 @@
+"""`pyvirt restore FILE`: start a VM from a snapshot written by `pyvirt vm save`
+or `pyvirt vm snapshot`, in the foreground, as `pyvirt run` does.
+
+The machine is the saved one (memory, vCPUs, devices and their files come
+from the snapshot); only where its console and control API go are chosen
+here. Exit statuses are `pyvirt run`'s.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .. import _log
+from .main import LOG_FORMAT
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+
+    from .main import RestoreArgs
+
+
+def cmd_restore(args: argparse.Namespace | RestoreArgs, log_level: int) -> int:
+    from ..kvm import KvmError
+    from ..vmm.config import ConfigError, SerialConfig
+    from ..vmm.machine import VmError
+    from ..vmm.restore import restore_machine
+    from ..vmm.snapshot import SnapshotError
+
+    _log.configure(log_level, LOG_FORMAT)
+    try:
+        serial = SerialConfig.parse(args.serial) if args.serial else None
+        machine = restore_machine(args.file, serial, args.api_socket, verify_memory=args.verify)
+    except (SnapshotError, ConfigError, VmError, KvmError) as e:
+        print(f"pyvirt: {e}", file=sys.stderr)
+        return 1
+    try:
+        return machine.run()
+    except VmError as e:  # e.g. the API socket's path is taken: nothing ran yet
+        print(f"pyvirt: {e}", file=sys.stderr)
+        return 1
+    finally:
+        machine.close()
