@@ -11,7 +11,8 @@ import pytest
 
 from pyvirt.disk import DiskError, detect_format, open_disk
 from pyvirt.disk import raw as rawmod
-from pyvirt.disk.raw import RawBackend, _advance
+from pyvirt.disk.backend import advance as _advance
+from pyvirt.disk.raw import RawBackend
 
 MiB = 1 << 20
 SRC = str(Path(__file__).resolve().parents[2] / "src")

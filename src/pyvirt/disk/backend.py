@@ -29,6 +29,19 @@ SECTOR_SIZE = 512
 SERIAL_LEN = 20  # virtio-blk GET_ID returns at most 20 bytes
 
 
+def advance(views: list[memoryview], n: int) -> list[memoryview]:
+    """What is left of `views` after the first `n` bytes were transferred (a
+    short preadv/pwritev resumes from there)."""
+    i = 0
+    while i < len(views) and n >= len(views[i]):
+        n -= len(views[i])
+        i += 1
+    rest = views[i:]
+    if rest and n:
+        rest[0] = rest[0][n:]
+    return rest
+
+
 class BlockBackend(abc.ABC):
     """A disk image open for I/O.
 

@@ -22,7 +22,7 @@ import os
 import stat
 import struct
 
-from .backend import SERIAL_LEN, BlockBackend
+from .backend import SERIAL_LEN, BlockBackend, advance
 from .errors import DiskError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
@@ -87,18 +87,6 @@ def _zero_views(length: int) -> list[memoryview]:
     if rest:
         views.append(_zeros[:rest])
     return views
-
-
-def _advance(views: list[memoryview], n: int) -> list[memoryview]:
-    """What is left of `views` after the first `n` bytes were transferred."""
-    i = 0
-    while i < len(views) and n >= len(views[i]):
-        n -= len(views[i])
-        i += 1
-    rest = views[i:]
-    if rest and n:
-        rest[0] = rest[0][n:]
-    return rest
 
 
 def validate_serial(path: str, serial: str) -> str:
@@ -217,7 +205,7 @@ class RawBackend(BlockBackend):
                     raise DiskError(f"{self.path}: end of file at {offset + done:#x}, inside the disk "
                                     f"({self.size:#x} bytes): was the image truncated?")
                 done += n
-                todo = _advance(todo, n)
+                todo = advance(todo, n)
         except OSError as e:
             raise DiskError(f"{self.path}: read at {offset + done:#x} failed: {e.strerror}") from e
         return done
@@ -236,7 +224,7 @@ class RawBackend(BlockBackend):
                 if n <= 0:
                     raise DiskError(f"{self.path}: write at {offset + done:#x} made no progress")
                 done += n
-                todo = _advance(todo, n)
+                todo = advance(todo, n)
         except OSError as e:
             raise DiskError(f"{self.path}: write at {offset + done:#x} failed: {e.strerror}") from e
         return done

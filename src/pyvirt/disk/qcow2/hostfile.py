@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+from ..backend import advance
 from ..errors import DiskError
 from .errors import Qcow2Error
 
@@ -22,18 +23,6 @@ if TYPE_CHECKING:
 
 IOV_MAX = 1024
 ZEROS = memoryview(bytes(1 << 21))  # one cluster of the largest size
-
-
-def advance(views: list[memoryview], n: int) -> list[memoryview]:
-    """What is left of `views` after the first `n` bytes."""
-    i = 0
-    while i < len(views) and n >= len(views[i]):
-        n -= len(views[i])
-        i += 1
-    rest = views[i:]
-    if rest and n:
-        rest[0] = rest[0][n:]
-    return rest
 
 
 def fill_zero(views: Sequence[memoryview]) -> None:
