@@ -73,6 +73,13 @@ class RunArgs:
         self.transport: str | None = None
 
 
+def _verbosity(arg: str) -> int:
+    """How much `-v`, `-vv`... or `--verbose` adds; 0 for any other word."""
+    if arg == "--verbose":
+        return 1
+    return len(arg) - 1 if len(arg) >= 2 and arg[0] == "-" and arg[1:] == "v" * (len(arg) - 1) else 0
+
+
 def parse_run(argv: list[str]) -> RunArgs | None:
     """`pyvirt run` options parsed as argparse would, or None for anything
     but the plain forms, which argparse must then handle."""
@@ -83,8 +90,8 @@ def parse_run(argv: list[str]) -> RunArgs | None:
     while i < len(argv):
         arg = argv[i]
         i += 1
-        if arg == "--verbose" or (len(arg) >= 2 and arg[0] == "-" and arg[1:] == "v" * (len(arg) - 1)):
-            args.run_verbose += 1 if arg == "--verbose" else len(arg) - 1
+        if _verbosity(arg):
+            args.run_verbose += _verbosity(arg)
             continue
         option, eq, value = arg.partition("=")
         if option not in _RUN_OPTIONS or (eq and not option.startswith("--")):
@@ -134,8 +141,8 @@ def parse_restore(argv: list[str]) -> RestoreArgs | None:
     while i < len(argv):
         arg = argv[i]
         i += 1
-        if arg == "--verbose" or (len(arg) >= 2 and arg[0] == "-" and arg[1:] == "v" * (len(arg) - 1)):
-            args.run_verbose += 1 if arg == "--verbose" else len(arg) - 1
+        if _verbosity(arg):
+            args.run_verbose += _verbosity(arg)
             continue
         if arg == "--verify":
             args.verify = True
