@@ -504,7 +504,10 @@ def test_state_of_wrong_type_is_refused():
 
 # --- fuzzing -----------------------------------------------------------------------
 
-FUZZ = settings(max_examples=200, deadline=None, database=None,
+# derandomize: one CI run spent 10+ minutes in Hypothesis's mutation loop on
+# test_fuzz_structured_rings with a random seed (every local seed took ~2 s);
+# a fixed seed keeps the suite's time bounded and failures reproducible.
+FUZZ = settings(max_examples=200, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 FUZZ_MEM = 0x10000
 TABLE = 0x8000  # where the fuzzed indirect table goes
