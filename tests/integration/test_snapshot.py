@@ -14,10 +14,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,20 +23,12 @@ import pytest
 from pyvirt.testing import images
 
 from test_vm_control import TICKER
-from vmrun import GUESTS, ROOT, kvm_usable, run_pyvirt
+from vmrun import GUESTS, ROOT, WAIT, kvm_usable, run_pyvirt, socket_listening, wait_for
 
 pytestmark = pytest.mark.skipif(kvm_usable() is not None, reason=str(kvm_usable()))
 
-WAIT = 60.0
 TICK = re.compile(rb"dirty: tick (\d+) sum (0x[0-9a-f]+)\r?\n")
 
-
-def _wait_for(what: str, predicate, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class Proc:
@@ -51,18 +41,13 @@ class Proc:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pyvirt", *argv, "--serial", f"file:{self.serial}", "--api-socket", self.sock],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
-        _wait_for("the API socket", lambda: self._listening() or self.proc.poll() is not None)
+        wait_for("the API socket", lambda: self._listening() or self.proc.poll() is not None)
         if self.proc.poll() is not None:
             out, err = self.proc.communicate()
             raise AssertionError(f"pyvirt ended with {self.proc.returncode}: {err.decode()}")
 
     def _listening(self) -> bool:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            try:
-                s.connect(self.sock)
-            except OSError:
-                return False
-        return True
+        return socket_listening(self.sock)
 
     def vm(self, *args: str) -> dict:
         r = run_pyvirt(["vm", *args, "--api-socket", self.sock, "-o", "json"], timeout=WAIT * 2)
@@ -113,14 +98,14 @@ needs_dirty = pytest.mark.skipif(not DIRTY.exists(), reason="guest kit's dirty.e
 @needs_dirty
 def test_snapshot_save_restore_continues_where_it_left_off(tmp_path: Path, procs) -> None:
     vm = procs(tmp_path, "run", "run", "--kernel", str(DIRTY), "--cmdline", "print=32", "--cpus", "2")
-    _wait_for("ticks", lambda: len(vm.ticks()) >= 3)
+    wait_for("ticks", lambda: len(vm.ticks()) >= 3)
 
     # A snapshot: the VM runs on.
     snap = tmp_path / "running.snap"
     reply = vm.vm("snapshot", str(snap))
     assert reply["state"] == "running" and snap.exists() and reply["memory_pages"] >= 1024
     at_snapshot = vm.ticks()[-1][0]
-    _wait_for("ticks after the snapshot", lambda: vm.ticks()[-1][0] >= at_snapshot + 5 * 32)
+    wait_for("ticks after the snapshot", lambda: vm.ticks()[-1][0] >= at_snapshot + 5 * 32)
     assert vm.vm("status")["state"] == "running"
 
     # A save: the VM stops, with status 0, and never runs again.
@@ -133,7 +118,7 @@ def test_snapshot_save_restore_continues_where_it_left_off(tmp_path: Path, procs
 
     # Restored, it counts on from where it stopped: no new start, no gap, no repeat.
     restored = procs(tmp_path, "restored", "restore", str(saved))
-    _wait_for("ticks after the restore", lambda: len(restored.ticks()) >= 5)
+    wait_for("ticks after the restore", lambda: len(restored.ticks()) >= 5)
     assert b"pages at" not in restored.output()  # the guest did not start over
     both = TICK.findall(vm.output() + restored.output())
     ticks = [(int(n), s.decode()) for n, s in both]
@@ -145,7 +130,7 @@ def test_snapshot_save_restore_continues_where_it_left_off(tmp_path: Path, procs
 
     # Restored from the snapshot taken while it ran: the same ticks, with the same sums.
     again = procs(tmp_path, "again", "restore", str(snap))
-    _wait_for("ticks after restoring the snapshot", lambda: len(again.ticks()) >= 5)
+    wait_for("ticks after restoring the snapshot", lambda: len(again.ticks()) >= 5)
     first = dict(before)
     replay = again.ticks()
     assert replay[0][0] <= at_snapshot + 32 * 2 and _consecutive(replay, 32)
@@ -162,7 +147,7 @@ def test_snapshot_save_restore_continues_where_it_left_off(tmp_path: Path, procs
 ])
 def test_spread_and_compressed_memory(tmp_path: Path, procs, memory: str, cmdline: str, compression: str) -> None:
     vm = procs(tmp_path, "run", "run", "--kernel", str(DIRTY), "-m", memory, "--cmdline", cmdline)
-    _wait_for("ticks", lambda: len(vm.ticks()) >= 2)
+    wait_for("ticks", lambda: len(vm.ticks()) >= 2)
     saved = tmp_path / "vm.save"
     args = ["--compress", compression] if compression != "none" else []
     reply = vm.vm("save", str(saved), *args)
@@ -173,7 +158,7 @@ def test_spread_and_compressed_memory(tmp_path: Path, procs, memory: str, cmdlin
         assert reply["size"] < reply["memory_pages"] * 4096  # the patterns compress a little at least
     before = vm.ticks()
     restored = procs(tmp_path, "restored", "restore", str(saved))
-    _wait_for("ticks after the restore", lambda: len(restored.ticks()) >= 3)
+    wait_for("ticks after the restore", lambda: len(restored.ticks()) >= 3)
     step = int(re.search(r"print=(\d+)", cmdline).group(1))  # type: ignore[union-attr]
     ticks = [(int(n), s.decode()) for n, s in TICK.findall(vm.output() + restored.output())]
     assert _consecutive(ticks, step) and ticks[len(before)][0] == before[-1][0] + step
@@ -188,16 +173,16 @@ def test_interrupts_and_timers_continue_after_restore(tmp_path: Path, procs) -> 
     kernel = tmp_path / "ticker.elf"
     kernel.write_bytes(images.pvh_elf(TICKER))
     vm = procs(tmp_path, "run", "run", "--kernel", str(kernel))
-    _wait_for("ticks", lambda: len(vm.output()) >= 5)
+    wait_for("ticks", lambda: len(vm.output()) >= 5)
     saved = tmp_path / "vm.save"
     vm.vm("save", str(saved))
     assert vm.wait() == 0
     restored = procs(tmp_path, "restored", "restore", str(saved))
-    _wait_for("ticks after the restore", lambda: len(restored.output()) >= 10)
+    wait_for("ticks after the restore", lambda: len(restored.output()) >= 10)
     assert set(restored.output()) == {ord(".")}
     restored.vm("pause")
     restored.vm("resume")
-    _wait_for("ticks after a pause", lambda: len(restored.output()) >= 15)
+    wait_for("ticks after a pause", lambda: len(restored.output()) >= 15)
     assert restored.vm("stop")["state"] == "stopped" and restored.wait() == 0
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import pytest
 
 from pyvirt.testing import images
 
-from vmrun import GUESTS, ROOT, kvm_usable, run_pyvirt
+from vmrun import GUESTS, ROOT, WAIT, kvm_usable, run_pyvirt, socket_listening, wait_for
 
 pytestmark = pytest.mark.skipif(kvm_usable() is not None, reason=str(kvm_usable()))
 
@@ -45,15 +44,7 @@ TICKER = bytes.fromhex(
     "b002e6a1b001e621e6a1b0fee621b0ffe6a1b034e64330c0e640e640fbf4ebfdbc0080000066baf803b02eee"
     "b020e620ebea"
 )
-WAIT = 60.0  # seconds for anything the VM should do soon; generous for slow nested hosts
 
-
-def _wait_for(what: str, predicate, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class Vm:
@@ -67,17 +58,11 @@ class Vm:
             [sys.executable, "-m", "pyvirt", "run", "--kernel", kernel, "--serial", f"file:{self.serial}",
              "--api-socket", self.sock, *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
-        _wait_for("the API socket", lambda: self._listening() or self.proc.poll() is not None)
+        wait_for("the API socket", lambda: self._listening() or self.proc.poll() is not None)
         assert self.proc.poll() is None, self.proc.communicate()
 
     def _listening(self) -> bool:
-        # The file appears at bind(), a moment before listen(): connect to be sure.
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            try:
-                s.connect(self.sock)
-            except OSError:
-                return False
-        return True
+        return socket_listening(self.sock)
 
     def vm(self, *args: str) -> tuple[int, dict, str]:
         """`pyvirt vm ARGS --api-socket SOCK -o json` -> (status, reply, stderr)."""
@@ -104,7 +89,7 @@ def ticker(tmp_path: Path):
     kernel.write_bytes(images.pvh_elf(TICKER))
     vm = Vm(tmp_path, str(kernel), "--cpus", "2")
     try:
-        _wait_for("the guest's first ticks", lambda: len(vm.output()) >= 2)
+        wait_for("the guest's first ticks", lambda: len(vm.output()) >= 2)
         yield vm
     finally:
         vm.close()
@@ -113,7 +98,7 @@ def ticker(tmp_path: Path):
 def _grows(vm: Vm) -> bool:
     start = len(vm.output())
     try:
-        _wait_for("serial output", lambda: len(vm.output()) > start)
+        wait_for("serial output", lambda: len(vm.output()) > start)
     except AssertionError:
         return False
     return True
@@ -188,10 +173,10 @@ def test_balloon_inflates_and_deflates(tmp_path: Path):
     exits with success (status 1)."""
     vm = Vm(tmp_path, str(GUESTS / "virtio-balloon.elf"), "--balloon", "--cmdline", "timeout=120")
     try:
-        _wait_for("the guest's balloon driver", lambda: b"balloon: touched" in vm.output())
+        wait_for("the guest's balloon driver", lambda: b"balloon: touched" in vm.output())
         status, reply, err = vm.vm("balloon", "8M")
         assert status == 0 and reply["target"] == 8 << 20, err
-        _wait_for("inflation", lambda: vm.vm("balloon")[1].get("actual") == 8 << 20)
+        wait_for("inflation", lambda: vm.vm("balloon")[1].get("actual") == 8 << 20)
         assert vm.vm("stats")[1]["devices"]["balloon0"]["inflated_pages"] >= 2048
         assert vm.vm("balloon", "0")[0] == 0
         assert vm.wait() == 1, vm.output().decode(errors="replace")

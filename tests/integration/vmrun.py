@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,3 +47,26 @@ def run_pyvirt(args: list[str], timeout: float = DEFAULT_TIMEOUT, input: bytes |
     return Run(p.returncode, out, p.stderr.decode(errors="replace"))
 
 
+
+
+WAIT = 60.0  # seconds for anything a VM should do soon; generous for slow nested hosts
+
+
+def wait_for(what: str, predicate, timeout: float = WAIT) -> None:
+    """Poll `predicate` until it holds; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def socket_listening(path: str) -> bool:
+    """Whether a unix socket server accepts connections at `path` (the file
+    appears at bind(), a moment before listen(): connect to be sure)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+    return True
