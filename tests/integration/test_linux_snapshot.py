@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from test_linux_guest import FAST
-from test_snapshot import Proc, _wait_for
-from vmrun import kvm_usable
+from test_snapshot import Proc
+from vmrun import kvm_usable, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -51,14 +51,14 @@ def test_linux_counts_on_after_save_and_restore(tmp_path: Path) -> None:
               "--memory", "256M", "--cmdline", f"console=ttyS0 {FAST}")
     restored = None
     try:
-        _wait_for("the counter", lambda: len(COUNT.findall(vm.output())) >= 2, timeout=BOOT)
+        wait_for("the counter", lambda: len(COUNT.findall(vm.output())) >= 2, timeout=BOOT)
         reply = vm.vm("save", str(tmp_path / "linux.save"))
         assert reply["state"] == "stopped" and reply["memory_pages"] > 1000
         assert vm.wait() == 0
         last, uptime = COUNT.findall(vm.output())[-1]
         start = time.monotonic()
         restored = Proc(tmp_path, "restored", "restore", str(tmp_path / "linux.save"))
-        _wait_for("the next count", lambda: len(COUNT.findall(restored.output())) >= 2, timeout=600)
+        wait_for("the next count", lambda: len(COUNT.findall(restored.output())) >= 2, timeout=600)
         counts = COUNT.findall(restored.output())
         assert int(counts[0][0]) == int(last) + 1, (last, counts)
         assert float(uptime) < float(counts[0][1]) < float(uptime) + 30  # the clock went on, not from 0
