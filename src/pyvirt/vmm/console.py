@@ -115,6 +115,8 @@ class Console:
             self._drop_client()
             self._client = conn
             return
+        if fd != self._in_fd and (self._client is None or fd != self._client.fileno()):
+            return  # a client replaced in this same round of events: its fd is closed
         try:
             data = os.read(fd, 4096)
         except OSError:
