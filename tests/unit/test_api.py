@@ -83,7 +83,7 @@ class FakeVm:
         return {"state": "stopped", "path": path, "size": 8 << 20, "seconds": 0.25, "memory_pages": 2048,
                 "memory_runs": 3, "notes": []}
 
-    def snapshot(self, path: str, compression: str) -> dict[str, object]:
+    def snapshot(self, path: str, compression: str, disks: str = "overlay") -> dict[str, object]:
         self._call("snapshot", (path, compression))
         return {"state": self.state, "path": path, "size": 8 << 20, "seconds": 0.25, "memory_pages": 2048,
                 "memory_runs": 3, "notes": ["vCPU 0: MSRs that do not read back, not saved: 0x1"]}

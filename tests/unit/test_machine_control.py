@@ -297,7 +297,7 @@ def saves(monkeypatch):
     calls: list[tuple[str, str, bool]] = []
     fail: list[Exception] = []
 
-    def fake_save(m, path, *, kind, compression="none", sync=True):
+    def fake_save(m, path, *, kind, compression="none", sync=True, freeze=None):
         calls.append((path, kind, m.paused and m._gate.parked == {v.index for v in m.vcpus}))
         if fail:
             raise fail.pop()

@@ -43,6 +43,7 @@ _RUN_OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
     "--cmdline": ("cmdline", str), "--memory": ("memory", str), "-m": ("memory", str),
     "--cpus": ("cpus", int), "--smp": ("cpus", int), "--serial": ("serial", str),
     "--debug-exit-port": ("debug_exit_port", _int), "--pvm": ("pvm", str), "--api-socket": ("api_socket", str),
+    "--incoming": ("incoming", str),
 }
 
 
@@ -63,6 +64,7 @@ class RunArgs:
         self.debug_exit_port: int | None = None
         self.pvm: str | None = None
         self.api_socket: str | None = None
+        self.incoming: str | None = None
         # virtio devices: only argparse fills these (the fast path leaves them unset)
         self.disk: list[str] | None = None
         self.net: list[str] | None = None
@@ -125,9 +127,10 @@ class RestoreArgs:
         self.serial: str | None = None
         self.api_socket: str | None = None
         self.verify = False
+        self.disks = "overlay"
 
 
-_RESTORE_OPTIONS = {"--serial": "serial", "--api-socket": "api_socket"}
+_RESTORE_OPTIONS = {"--serial": "serial", "--api-socket": "api_socket", "--disks": "disks"}
 
 
 def parse_restore(argv: list[str]) -> RestoreArgs | None:
@@ -188,6 +191,8 @@ def cmd_run(args: argparse.Namespace | RunArgs, log_level: int = WARNING) -> int
 
     # After those imports: if one of them loaded `logging`, it is configured now.
     _log.configure(log_level, LOG_FORMAT)
+    if getattr(args, "incoming", None):
+        return _run_incoming(args)
     try:
         cfg = VmConfig.from_file(args.config) if args.config else VmConfig()
         if args.kernel:
@@ -220,6 +225,31 @@ def cmd_run(args: argparse.Namespace | RunArgs, log_level: int = WARNING) -> int
         return 1
     finally:
         machine.close()
+
+
+def _run_incoming(args: argparse.Namespace | RunArgs) -> int:
+    """`pyvirt run --incoming tcp:ADDR:PORT`: the machine comes from the source."""
+    from ..migration.destination import IncomingOptions, run_incoming
+    from ..migration.stream import parse_uri
+    from ..vmm.config import ConfigError, SerialConfig, VmConfig, parse_size
+
+    try:
+        parse_uri(args.incoming or "")
+        unused = [name for name in ("kernel", "initrd", "cmdline", "config") if getattr(args, name)]
+        if unused:
+            raise ConfigError(f"--incoming takes the machine from the migration source: --{unused[0]} is not used "
+                              "(--memory and --cpus are checked, --disk and --net say where the disks and TAPs "
+                              "are here)")
+        devices = VmConfig()
+        _device_args(devices, args)
+        opt = IncomingOptions(uri=args.incoming or "", api_socket=args.api_socket,
+                              serial=SerialConfig.parse(args.serial) if args.serial else None,
+                              disks=devices.disks, nets=devices.nets,
+                              memory=parse_size(args.memory) if args.memory else None, cpus=args.cpus)
+    except (ConfigError, ValueError) as e:
+        print(f"pyvirt: {e}", file=sys.stderr)
+        return 1
+    return run_incoming(opt)
 
 
 def _device_args(cfg: "VmConfig", args: "argparse.Namespace | RunArgs") -> None:

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pvm", choices=PVM_CHOICES, help="kvm_pvm compatibility layer (default auto)")
     run.add_argument("--api-socket", metavar="PATH",
                      help="serve the control API (docs/api.yaml) on this unix socket; see `pyvirt vm`")
+    run.add_argument("--incoming", metavar="tcp:ADDR:PORT",
+                     help="receive a live migration here (the machine comes from the source; see `pyvirt vm migrate`)")
     dev = run.add_argument_group("virtio devices")
     dev.add_argument("--disk", action="append", metavar="SPEC",
                      help="path=IMG[,readonly=on][,serial=ID][,iops=N][,bps=N]: a virtio-blk disk (repeatable)")
@@ -67,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--api-socket", metavar="PATH", help="serve the control API on this unix socket")
     restore.add_argument("--verify", action="store_true",
                          help="check the CRC of all saved guest memory first (reads the whole file)")
+    restore.add_argument("--disks", choices=("overlay", "revert", "direct"), default="overlay",
+                         help="disks the snapshot froze: overlay (default; write to a new overlay on the image), "
+                              "revert (also revert qcow2 internal snapshots that changed), direct (write to them)")
 
     _add_vm_parser(sub)
     _add_image_parser(sub)
@@ -98,6 +103,25 @@ def _add_vm_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument("file", metavar="FILE", help="the snapshot file to write (replaced if it exists)")
         p.add_argument("--compress", choices=("none", "zstd", "lz4"), default="none",
                        help="compress guest memory (smaller file; a restore must then read it instead of mapping it)")
+        if name == "snapshot":
+            p.add_argument("--disks", choices=("overlay", "internal", "none"),
+                           help="freeze writable disks with the snapshot: overlay (default; the VM goes on in a new "
+                                "qcow2 overlay next to each image), internal (qcow2 internal snapshots), none")
+    mig = vsub.add_parser("migrate", parents=[common], help="live-migrate the VM to `pyvirt run --incoming`",
+                          description="Move the running VM to the pyvirt listening at URI (tcp:HOST:PORT, "
+                                      "started with `pyvirt run --incoming`), showing progress until it is done.")
+    mig.add_argument("uri", nargs="?", metavar="URI", help="tcp:HOST:PORT of the destination")
+    mig.add_argument("--downtime", type=float, default=50.0, metavar="MS",
+                     help="longest pause of the guest at switchover, in ms (default 50)")
+    mig.add_argument("--max-rounds", type=int, default=30, metavar="N",
+                     help="pre-copy rounds before giving up without post-copy (default 30)")
+    mig.add_argument("--no-auto-converge", dest="auto_converge", action="store_false",
+                     help="never throttle the vCPUs of a guest that dirties memory faster than the link")
+    mig.add_argument("--postcopy", action="store_true",
+                     help="move the VM after a few rounds and fetch the rest on demand (for guests that never converge)")
+    mig.add_argument("--bandwidth", metavar="SIZE", help="use at most SIZE per second of the link, e.g. 100M")
+    mig.add_argument("--detach", action="store_true", help="start it and return (follow it with `pyvirt vm stats`)")
+    mig.add_argument("--cancel", action="store_true", help="cancel the running migration (the VM runs on here)")
     balloon = vsub.add_parser("balloon", parents=[common], help="show or set the balloon",
                               description="Without TARGET, show the balloon; with it, ask the guest to give "
                                           "back TARGET of its memory (0 gives it all back).")

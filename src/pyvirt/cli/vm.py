@@ -1,4 +1,4 @@
-"""`pyvirt vm status|stats|pause|resume|stop|save|snapshot|balloon`: a client of a VM's
+"""`pyvirt vm status|stats|pause|resume|stop|save|snapshot|balloon|migrate`: a client of a VM's
 control API (docs/api.yaml) over its unix socket.
 
 Only a client: every decision is the VM's, and its error message is what
@@ -167,7 +167,13 @@ def cmd_vm(args: argparse.Namespace) -> int:
             body: dict[str, object] = {"path": os.path.abspath(args.file)}
             if args.compress != "none":
                 body["compression"] = args.compress
+            if getattr(args, "disks", None):  # snapshot only; the VM's default is "overlay"
+                body["disks"] = args.disks
             reply = client.request("PUT", f"/{command}", body)
+        elif command == "migrate":
+            from .migrate import cmd_migrate
+
+            return cmd_migrate(args, client)
         elif command == "balloon" and args.target is not None:
             reply = client.request("PUT", "/balloon", {"target": _balloon_target(args.target)})
         elif command == "balloon":

@@ -38,16 +38,18 @@ def detect_format(path: str) -> str:
 
 
 def open_disk(path: str, readonly: bool = False, format: str | None = None, *,
-              serial: str | None = None) -> BlockBackend:
+              serial: str | None = None, lock: bool = True) -> BlockBackend:
     """Open a disk image as a `BlockBackend`, detecting its format unless
-    `format` ("raw" or "qcow2") is given. Raises DiskError."""
+    `format` ("raw" or "qcow2") is given; `lock=False` takes no OFD lock
+    (to read the geometry of an image another process has open). Raises
+    DiskError."""
     if format is not None and format not in FORMATS:
         raise DiskError(f"{path}: unknown disk format {format!r} (known: {', '.join(FORMATS)})")
     fmt = format or detect_format(path)
     if fmt == "qcow2":
         from .qcow2 import Qcow2Image
 
-        return Qcow2Image(path, readonly, serial=serial)
+        return Qcow2Image(path, readonly, serial=serial, lock=lock)
     from .raw import RawBackend
 
-    return RawBackend(path, readonly, serial=serial)
+    return RawBackend(path, readonly, serial=serial, lock=lock)

@@ -124,7 +124,18 @@ _U64 = struct.Struct("<Q")
 
 
 class GuestMemory:
-    """All of a guest's RAM, as sorted non-overlapping regions."""
+    """All of a guest's RAM, as sorted non-overlapping regions.
+
+    Write tracking (`track_writes`): KVM's dirty log sees only what the guest
+    writes; what the VMM itself writes (devices filling buffers, used rings)
+    goes through this object, so while a migration runs every page handed out
+    by `view` (and every page given back by `discard`) is recorded as
+    written. Reads are recorded too (a view does not say which it is for):
+    a few more pages are sent, none is missed.
+    """
+
+    # Page numbers (gpa >> 12) handed out while tracking; None: not tracking.
+    written: set[int] | None = None
 
     def __init__(self, regions: list[Region]) -> None:
         regions = sorted(regions, key=lambda r: r.gpa)
@@ -162,7 +173,22 @@ class GuestMemory:
     def view(self, gpa: int, length: int) -> memoryview:
         """A zero-copy window onto guest memory (must not cross regions)."""
         r, off = self._find(gpa, length)
+        w = self.written  # once: take_written may swap it meanwhile
+        if w is not None and length:
+            w.update(range(gpa >> 12, ((gpa + length - 1) >> 12) + 1))
         return r.view[off : off + length]
+
+    def track_writes(self, on: bool) -> None:
+        """Start (with an empty record) or stop recording written pages."""
+        self.written = set() if on else None
+
+    def take_written(self) -> set[int]:
+        """The pages recorded since the last call; recording goes on."""
+        taken = self.written
+        if taken is None:
+            return set()
+        self.written = set()
+        return taken
 
     def read(self, gpa: int, length: int) -> bytes:
         return bytes(self.view(gpa, length))
@@ -201,6 +227,9 @@ class GuestMemory:
             return
         r, off = self._find(start, end - start)
         r.discard(off, end - start)
+        w = self.written
+        if w is not None:
+            w.update(range(start >> 12, end >> 12))
 
     def read_cstr(self, gpa: int, limit: int = 4096) -> bytes:
         """A NUL-terminated string starting at gpa, at most `limit` bytes."""

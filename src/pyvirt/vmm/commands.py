@@ -20,6 +20,10 @@ from typing import ClassVar
 
 from .control import VmControl
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..migration.source import MigrationOptions
+
 PAGE_SIZE = 4096
 
 
@@ -275,7 +279,85 @@ class Save(_WriteState):
 @route
 @dataclass(frozen=True)
 class Snapshot(_WriteState):
+    """The body of /save, and "disks": "overlay" (default), "internal" or "none"."""
+
     path = "/snapshot"
+    fields = {**_WriteState.fields, "disks": str}
+    disks: str = "overlay"
+
+    @classmethod
+    def from_body(cls, body: dict[str, object]) -> Command:
+        from .disk_snapshot import MODES
+
+        where = f"{cls.method} {cls.path}"
+        disks = check_fields(body, cls.fields, where).get("disks", "overlay")
+        if disks not in MODES:
+            raise RequestError(f"{where}: disks {disks!r} is not a disk snapshot method (use {', '.join(MODES)})")
+        cmd = super().from_body({k: v for k, v in body.items() if k != "disks"})
+        assert isinstance(cmd, Snapshot)
+        return cls(file=cmd.file, compression=cmd.compression, disks=str(disks))
 
     def execute(self, vm: VmControl) -> dict[str, object]:
-        return vm.snapshot(self.file, self.compression)
+        return vm.snapshot(self.file, self.compression, self.disks)
+
+
+@route
+@dataclass(frozen=True)
+class StartMigration(Command):
+    """Body {"uri": "tcp:HOST:PORT", "downtime_ms", "max_rounds", "auto_converge",
+    "postcopy", "bandwidth" (bytes/s, 0: unlimited)}; only uri is required."""
+
+    method = "PUT"
+    path = "/migrate"
+    fields = {"uri": str, "downtime_ms": float, "max_rounds": int, "auto_converge": bool, "postcopy": bool,
+              "bandwidth": int}
+    uri: str
+    downtime_ms: float = 50.0
+    max_rounds: int = 30
+    auto_converge: bool = True
+    postcopy: bool = False
+    bandwidth: int = 0
+
+    @classmethod
+    def from_body(cls, body: dict[str, object]) -> Command:
+        where = f"{cls.method} {cls.path}"
+        values = check_fields(body, cls.fields, where)
+        if "uri" not in values:
+            raise RequestError(f"{where}: \"uri\" (tcp:HOST:PORT of `pyvirt run --incoming`) is required")
+        cmd = cls(**values)  # type: ignore[arg-type]
+        from ..migration.source import MigrationOptions
+
+        try:
+            cmd.options().check()
+        except ValueError as e:
+            raise RequestError(f"{where}: {e}") from e
+        return cmd
+
+    def options(self) -> MigrationOptions:
+        from ..migration.source import MigrationOptions
+
+        return MigrationOptions(uri=self.uri, downtime_limit=self.downtime_ms / 1000, max_rounds=self.max_rounds,
+                                auto_converge=self.auto_converge, postcopy=self.postcopy, bandwidth=self.bandwidth)
+
+    def execute(self, vm: VmControl) -> dict[str, object]:
+        return vm.migrate(self.options())
+
+
+@route
+@dataclass(frozen=True)
+class GetMigration(Command):
+    method = "GET"
+    path = "/migrate"
+
+    def execute(self, vm: VmControl) -> dict[str, object]:
+        return vm.migration()
+
+
+@route
+@dataclass(frozen=True)
+class CancelMigration(Command):
+    method = "DELETE"
+    path = "/migrate"
+
+    def execute(self, vm: VmControl) -> dict[str, object]:
+        return vm.migrate_cancel()

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..migration.source import MigrationOptions
+
 
 class ControlError(Exception):
     """The VM cannot do what was asked. `status` is the HTTP status the API
@@ -59,6 +63,20 @@ class VmControl(Protocol):
         (it never runs again after the state was taken)."""
         ...
 
-    def snapshot(self, path: str, compression: str) -> dict[str, object]:
-        """Write the VM's state to `path`; the VM runs on (pause, save, resume)."""
+    def snapshot(self, path: str, compression: str, disks: str = "overlay") -> dict[str, object]:
+        """Write the VM's state to `path`; the VM runs on (pause, save, resume).
+        `disks`: how writable disks are frozen with it (overlay, internal,
+        none; vmm/disk_snapshot.py)."""
+        ...
+
+    def migrate(self, options: MigrationOptions) -> dict[str, object]:
+        """Start a live migration in the background; returns its progress."""
+        ...
+
+    def migration(self) -> dict[str, object]:
+        """The progress of the current or last migration."""
+        ...
+
+    def migrate_cancel(self) -> dict[str, object]:
+        """Cancel the running migration before switchover; the VM runs on."""
         ...

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from ..devices.legacy.pit import Pit
     from ..devices.protocols import BusDevice
     from ..devices.pci.bus import PciBus
+    from ..disk.backend import BlockBackend
+    from .device_config import DiskConfig
     from .machine_control import VcpuGate
     from .pvm import PvmAssist
     from .virtio_setup import VirtioSetup
@@ -87,6 +89,8 @@ class Machine:
     _gate_lock = threading.Lock()
     assist: PvmAssist | None = None  # the kvm_pvm layer, while run() runs
     boots_kernel = True  # False for a machine restored from a snapshot (restore.py)
+    # How virtio-blk opens a disk when not with open_disk (migration/destination.py)
+    _open_disk: Callable[[DiskConfig], BlockBackend] | None = None
 
     def __init__(self, cfg: VmConfig, console: Console | None = None) -> None:
         cfg.validate(require_kernel=self.boots_kernel)
@@ -214,6 +218,7 @@ class Machine:
 
         pci = self.pci if self.pci is not None else PciBus()  # a bus nobody reaches, for mmio-only VMs
         self.virtio = VirtioSetup(self.cfg, self.vm, self.mem, self.mmio, pci, self.console.write)
+        self.virtio.open_disk = self._open_disk
         self.virtio.build()
         con = self.virtio.console_device
         if con is not None:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ..devices.virtio.balloon import VirtioBalloon
     from ..devices.virtio.device import VirtioDevice
     from ..kvm import Vcpu
+    from ..migration.source import MigrationOptions, OutgoingMigration
     from .api import ApiServer
     from .machine import Machine
 
@@ -146,6 +147,7 @@ class MachineControl:
         self._started = clock()
         self._pause_timeout = pause_timeout
         self._lock = threading.Lock()  # one pause/resume at a time: their checks and actions are one step
+        self._migration: OutgoingMigration | None = None
 
     # --- reading ----------------------------------------------------------------
     def _state(self) -> str:
@@ -191,12 +193,16 @@ class MachineControl:
             t = self.m.threads[i] if i < len(self.m.threads) else None
             state = "parked" if vcpu.index in parked else "running" if t is not None and t.is_alive() else "stopped"
             vcpus.append({"index": vcpu.index, "state": state})
-        return {"devices": devices, "vcpus": vcpus}
+        out: dict[str, object] = {"devices": devices, "vcpus": vcpus}
+        if self._migration is not None:
+            out["migration"] = self._migration.snapshot()
+        return out
 
     # --- pause and resume -------------------------------------------------------
     def pause(self) -> None:
         with self._lock:
             self._check_running()
+            self._check_no_migration()
             if self.m.paused:
                 raise ControlError("the VM is already paused")
             try:
@@ -207,6 +213,7 @@ class MachineControl:
     def resume(self) -> None:
         with self._lock:
             self._check_running()
+            self._check_no_migration()
             if not self.m.paused:
                 raise ControlError("the VM is not paused")
             self.m.resume()
@@ -214,6 +221,11 @@ class MachineControl:
     def _check_running(self) -> None:
         if self.m._flag.stopping:
             raise ControlError("the VM is stopping")
+
+    def _check_no_migration(self) -> None:
+        if self._migration is not None and self._migration.active:
+            raise ControlError("a migration is running (cancel it with DELETE /migrate, "
+                               "`pyvirt vm migrate --cancel`)")
 
     def stop(self) -> None:
         self._check_running()
@@ -223,10 +235,11 @@ class MachineControl:
     def save(self, path: str, compression: str) -> dict[str, object]:
         return self._write_state(path, compression, stop=True)
 
-    def snapshot(self, path: str, compression: str) -> dict[str, object]:
-        return self._write_state(path, compression, stop=False)
+    def snapshot(self, path: str, compression: str, disks: str = "overlay") -> dict[str, object]:
+        return self._write_state(path, compression, stop=False, disks=disks)
 
-    def _write_state(self, path: str, compression: str, stop: bool) -> dict[str, object]:
+    def _write_state(self, path: str, compression: str, stop: bool, disks: str | None = None) -> dict[str, object]:
+        from .disk_snapshot import DiskSnapshot, DiskSnapshotError
         from .save import save_machine
         from .snapshot import SnapshotError
 
@@ -239,6 +252,11 @@ class MachineControl:
             raise ControlError(f"cannot write {path}: it is a directory", status=400)
         with self._lock:
             self._check_running()
+            self._check_no_migration()
+            try:  # the disks' snapshot refuses what it cannot do before the VM pauses
+                plan = DiskSnapshot(self.m, path, disks) if disks is not None else None
+            except DiskSnapshotError as e:
+                raise ControlError(str(e), status=400) from e
             was_paused = self.m.paused
             if not was_paused:
                 try:
@@ -246,13 +264,16 @@ class MachineControl:
                 except TimeoutError as e:
                     raise ControlError(f"cannot pause to save: {e}; the VM runs on", status=500) from e
             try:
-                result = save_machine(self.m, path, kind="save" if stop else "snapshot", compression=compression)
+                result = save_machine(self.m, path, kind="save" if stop else "snapshot", compression=compression,
+                                      freeze=plan.take if plan is not None and plan.needed else None)
             except BaseException as e:
                 if not was_paused:
                     self.m.resume()
-                if isinstance(e, SnapshotError):
+                if isinstance(e, (SnapshotError, DiskSnapshotError)):
                     raise ControlError(f"{e}; the VM runs on", status=500) from e
                 raise
+            if plan is not None:
+                plan.commit()
             if stop:
                 # Still paused: the guest must not run after its state was taken.
                 self.m.stop(exit_status.POWEROFF, f"saved to {result.path}")
@@ -261,7 +282,32 @@ class MachineControl:
                 if not was_paused:
                     self.m.resume()
                 state = "paused" if was_paused else "running"
-        return {"state": state, **result.as_dict()}
+        return {"state": state, **result.as_dict(), **({"disks": plan.report()} if plan is not None else {})}
+
+    # --- live migration -----------------------------------------------------------
+    def migrate(self, options: MigrationOptions) -> dict[str, object]:
+        from ..migration.source import OutgoingMigration
+
+        with self._lock:
+            self._check_running()
+            self._check_no_migration()
+            if self.m.paused:
+                raise ControlError("the VM is paused: resume it first (a migration moves a running VM)")
+            self._migration = OutgoingMigration(self.m, options)
+            self._migration.start()
+        return self._migration.snapshot()
+
+    def migration(self) -> dict[str, object]:
+        if self._migration is None:
+            raise ControlError("no migration has been started", status=404)
+        return self._migration.snapshot()
+
+    def migrate_cancel(self) -> dict[str, object]:
+        mig = self._migration
+        if mig is None or not mig.active:
+            raise ControlError("no migration is running")
+        mig.cancel()
+        return mig.snapshot()
 
     # --- balloon ----------------------------------------------------------------
     def _balloon(self) -> VirtioBalloon:

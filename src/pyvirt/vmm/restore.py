@@ -21,13 +21,14 @@ frequency that cannot be set, an MSR the host refuses) are logged.
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import time
 
 from .._log import get_logger
 from ..arch.x86 import layout
 from ..kvm import KvmError
 from ..kvm import structs as ks
+from .disk_restore import restored_disk_paths
 from .machine import Machine, VmError
 from .snapshot import CODEC_NONE, DEVICES, VCPU, VM, Snapshot, SnapshotError
 from .state_codec import StateDecodeError, decode
@@ -133,6 +134,110 @@ def restore_vm(vm: Vm, st: VmState, has_pit2: bool, notes: list[str]) -> None:
 
 # --- the machine ----------------------------------------------------------------------
 
+class SavedState:
+    """A machine's saved state, decoded and checked: the VM's ("vm"), each
+    vCPU's, and the device records ("devices"), from a snapshot file or a
+    migration stream. `error` makes the exception for anything that does
+    not fit (SnapshotError or MigrationError, naming the source)."""
+
+    def __init__(self, vm: object, vcpus: Sequence[tuple[int, object]], devices: object, cpus: int,
+                 error: Callable[[str], Exception]) -> None:
+        self.error = error
+        self.vm = _decode(error, VmState, vm, "vm")
+        try:
+            self.vm.check()
+        except ValueError as e:
+            raise error(str(e)) from e
+        indexes = sorted(i for i, _ in vcpus)
+        if indexes != list(range(cpus)):
+            raise error(f"has vCPU sections {indexes}, expected 0..{cpus - 1}")
+        self.vcpus: list[VcpuState] = []
+        for i, data in sorted(vcpus, key=lambda v: v[0]):
+            st = _decode(error, VcpuState, data, f"vcpu{i}")
+            try:
+                st.check(i)
+            except ValueError as e:
+                raise error(str(e)) from e
+            self.vcpus.append(st)
+        if not isinstance(devices, dict):
+            raise error("the devices section is not a JSON object")
+        self.devices: dict[str, object] = devices
+
+    @classmethod
+    def from_snapshot(cls, snap: Snapshot, cpus: int) -> SavedState:
+        return cls(snap.json(snap.one(VM)), [(s.index, snap.json(s)) for s in snap.find(VCPU)],
+                   snap.json(snap.one(DEVICES)), cpus, snap.error)
+
+
+class DeviceLoader:
+    """Loads the device records of a SavedState into a built Machine.
+    `disk_paths` maps a saved disk path to the one this machine serves it
+    from (a migration destination may have the disk elsewhere)."""
+
+    def __init__(self, m: Machine, saved: SavedState, disk_paths: dict[str, str] | None = None) -> None:
+        self.m = m
+        self.error = saved.error
+        self.devices = saved.devices
+        self.disk_paths = disk_paths or {}
+        self.pvm_state: PvmState | None = None
+
+    def _record(self, component: Stateful, rec: object, where: str) -> object:
+        """The saved record `rec` decoded as the state type `component` saves."""
+        expected = type(component.state())
+        if not isinstance(rec, dict) or set(rec) != {"type", "state"}:
+            raise self.error(f"{where}: the saved record is not {{type, state}}")
+        if rec["type"] != expected.__name__:
+            raise self.error(f"{where}: saved a {rec['type']!r}, this device restores a {expected.__name__}")
+        state = _decode(self.error, expected, rec["state"], where)
+        path = getattr(state, "path", None)
+        if isinstance(path, str) and path in self.disk_paths:
+            state = dataclasses.replace(state, path=self.disk_paths[path])  # type: ignore[type-var]
+        return state
+
+    def _load(self, component: Stateful, rec: object, where: str) -> None:
+        state = self._record(component, rec, where)
+        try:
+            component.restore(state)
+        except ValueError as e:
+            raise self.error(f"{where}: {e}") from e
+
+    def load(self, pvm_probe: Callable[[], PvmAssist]) -> None:
+        """Every device's record; the kvm_pvm layer's is checked on a probe
+        (run() makes the real one) and kept in `pvm_state`."""
+        m, d = self.m, self.devices
+        legacy = d.get("legacy")
+        if not isinstance(legacy, dict):
+            raise self.error("devices.legacy is missing")
+        here = legacy_devices(m.pio)
+        missing = sorted({name for name, _ in here} ^ set(legacy))
+        if missing:
+            raise self.error(f"the saved legacy devices differ from this machine's: {', '.join(missing)}")
+        for name, component in here:
+            self._load(component, legacy[name], f"device {name!r}")
+        if d.get("pvm") is not None:
+            if not m.pvm:
+                raise self.error("saved with the kvm_pvm layer on; this machine has it off")
+            probe = pvm_probe()
+            self._load(probe, d["pvm"], "kvm_pvm layer")
+            self.pvm_state = probe.state()
+        if m.pci is not None:
+            self._load(m.pci, d.get("pci"), "PCI host bridge")
+        saved = d.get("virtio")
+        virtio = m.virtio
+        devices = virtio.devices if virtio is not None else []
+        if not isinstance(saved, list) or len(saved) != len(devices):
+            raise self.error("the saved virtio devices differ from this machine's")
+        for i, (dev, rec) in enumerate(zip(devices, saved)):
+            assert virtio is not None
+            if not isinstance(rec, dict) or rec.get("name") != dev.name:
+                saved_name = rec.get("name") if isinstance(rec, dict) else rec
+                raise self.error(f"virtio device {i}: saved a {saved_name!r}, this machine has virtio-{dev.name}")
+            # Every virtio device and transport has state() and restore().
+            self._load(dev, rec.get("device"), f"virtio-{dev.name} {i}")  # type: ignore[arg-type]
+            self._load(virtio.transports[i], rec.get("transport"),  # type: ignore[arg-type]
+                       f"virtio-{dev.name} {i} transport")
+
+
 class RestoredMachine(Machine):
     """A Machine whose memory and state come from a snapshot."""
 
@@ -145,27 +250,13 @@ class RestoredMachine(Machine):
         self.mapped_runs = self.read_runs = 0
         self._saved_regions = list(regions)
         self._verify = verify_memory
-        self._vm_state = _decode(snap, VmState, snap.json(snap.one(VM)), "vm")
-        self._vm_state.check()
-        vcpu_sections = sorted(snap.find(VCPU), key=lambda s: s.index)
-        if [s.index for s in vcpu_sections] != list(range(cfg.cpus)):
-            raise snap.error(f"has vCPU sections {[s.index for s in vcpu_sections]}, expected 0..{cfg.cpus - 1}")
-        self._vcpu_states = []
-        for s in vcpu_sections:
-            st = _decode(snap, VcpuState, snap.json(s), f"vcpu{s.index}")
-            try:
-                st.check(s.index)
-            except ValueError as e:
-                raise snap.error(str(e)) from e
-            self._vcpu_states.append(st)
-        devices = snap.json(snap.one(DEVICES))
-        if not isinstance(devices, dict):
-            raise snap.error("the devices section is not a JSON object")
-        self._devices: dict[str, object] = devices
+        self._saved = SavedState.from_snapshot(snap, cfg.cpus)
         self._pvm_state: PvmState | None = None
         super().__init__(cfg)
         try:
-            self._restore_devices()
+            loader = DeviceLoader(self, self._saved, restored_disk_paths(snap, cfg))  # disk_restore.py
+            loader.load(super()._pvm_assist)
+            self._pvm_state = loader.pvm_state
         except BaseException:
             self.close()
             raise
@@ -202,8 +293,8 @@ class RestoredMachine(Machine):
         pass  # the firmware tables and the kernel are in the saved memory
 
     def _create_vcpus(self) -> None:
-        restore_vm(self.vm, self._vm_state, has_pit2=not self.pvm, notes=self.notes)
-        for st in self._vcpu_states:
+        restore_vm(self.vm, self._saved.vm, has_pit2=not self.pvm, notes=self.notes)
+        for st in self._saved.vcpus:
             vcpu = self.vm.create_vcpu(st.index)
             self.vcpus.append(vcpu)
             restore_vcpu(vcpu, st, self.notes)
@@ -211,104 +302,47 @@ class RestoredMachine(Machine):
     def _pvm_assist(self) -> PvmAssist:
         assist = super()._pvm_assist()
         if self._pvm_state is not None:
-            assist.restore(self._pvm_state)  # checked by _restore_devices
+            assist.restore(self._pvm_state)  # checked by DeviceLoader.load
         return assist
-
-    # --- devices ------------------------------------------------------------------
-    def _record(self, component: Stateful, rec: object, where: str) -> object:
-        """The saved record `rec` decoded as the state type `component` saves."""
-        expected = type(component.state())
-        if not isinstance(rec, dict) or set(rec) != {"type", "state"}:
-            raise self.snap.error(f"{where}: the saved record is not {{type, state}}")
-        if rec["type"] != expected.__name__:
-            raise self.snap.error(f"{where}: saved a {rec['type']!r}, this device restores a {expected.__name__}")
-        return _decode(self.snap, expected, rec["state"], where)
-
-    def _load(self, component: Stateful, rec: object, where: str) -> None:
-        state = self._record(component, rec, where)
-        try:
-            component.restore(state)
-        except ValueError as e:
-            raise self.snap.error(f"{where}: {e}") from e
-
-    def _restore_devices(self) -> None:
-        d = self._devices
-        legacy = d.get("legacy")
-        if not isinstance(legacy, dict):
-            raise self.snap.error("devices.legacy is missing")
-        here = legacy_devices(self.pio)
-        missing = sorted({name for name, _ in here} ^ set(legacy))
-        if missing:
-            raise self.snap.error(f"the saved legacy devices differ from this machine's: {', '.join(missing)}")
-        for name, component in here:
-            self._load(component, legacy[name], f"device {name!r}")
-        if d.get("pvm") is not None:
-            if not self.pvm:
-                raise self.snap.error("saved with the kvm_pvm layer on; this machine has it off")
-            probe = super()._pvm_assist()  # run() makes the real one; this checks the record now
-            self._load(probe, d["pvm"], "kvm_pvm layer")
-            self._pvm_state = probe.state()
-        if self.pci is not None:
-            self._load(self.pci, d.get("pci"), "PCI host bridge")
-        saved = d.get("virtio")
-        virtio = self.virtio
-        devices = virtio.devices if virtio is not None else []
-        if not isinstance(saved, list) or len(saved) != len(devices):
-            raise self.snap.error("the saved virtio devices differ from this machine's")
-        for i, (dev, rec) in enumerate(zip(devices, saved)):
-            assert virtio is not None
-            if not isinstance(rec, dict) or rec.get("name") != dev.name:
-                saved_name = rec.get("name") if isinstance(rec, dict) else rec
-                raise self.snap.error(f"virtio device {i}: saved a {saved_name!r}, this machine has virtio-{dev.name}")
-            # Every virtio device and transport has state() and restore().
-            self._load(dev, rec.get("device"), f"virtio-{dev.name} {i}")  # type: ignore[arg-type]
-            self._load(virtio.transports[i], rec.get("transport"),  # type: ignore[arg-type]
-                       f"virtio-{dev.name} {i} transport")
 
     def close(self) -> None:
         super().close()
         self.snap.close()
 
 
-def _decode(snap: Snapshot, cls: type[T], data: object, where: str) -> T:
+def _decode(error: Callable[[str], Exception], cls: type[T], data: object, where: str) -> T:
     try:
         return decode(cls, data, where)
     except StateDecodeError as e:
-        raise snap.error(str(e)) from e
-
-
-def _check_disks(info: dict[str, object]) -> None:
-    for path, size, mtime in info.get("disks", ()):  # type: ignore[attr-defined]
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue  # opening it reports that
-        if st.st_mtime_ns != mtime or st.st_size != size:
-            log.warning("disk %s changed after the snapshot was taken: the guest may find its data "
-                        "inconsistent with what it had cached", path)
+        raise error(str(e)) from e
 
 
 def restore_machine(path: str, serial: SerialConfig | None = None, api_socket: str | None = None, *,
-                    verify_memory: bool = False) -> RestoredMachine:
+                    verify_memory: bool = False, disk_mode: str = "overlay") -> RestoredMachine:
     """Open, check and load the snapshot at `path`; the machine is ready to `run()`.
+    `disk_mode` says what to do with disks the snapshot froze (disk_restore.py).
     SnapshotError for a file that cannot be used, VmError for a VM that cannot be built."""
     from .config import ConfigError
+    from .disk_restore import restore_disks
     from .snapshot_header import config_from_header
 
     start = time.monotonic()
     snap = Snapshot.open(path)
+    disks = None
     try:
-        cfg, regions, info = config_from_header(snap)
+        cfg, regions, _ = config_from_header(snap)
         if serial is not None:
             cfg.serial = serial
         cfg.api_socket = api_socket
-        _check_disks(info)
+        disks = restore_disks(path, snap, cfg, disk_mode)  # may put the disks on new overlays
         try:
             m = RestoredMachine(snap, cfg, regions, verify_memory=verify_memory)
         except (ConfigError, KvmError) as e:
             raise VmError(f"{path}: {e}") from e
     except BaseException:
         snap.close()
+        if disks is not None:
+            disks.discard()
         raise
     snap.close()  # the mappings keep the file
     for note in m.notes:
@@ -318,4 +352,4 @@ def restore_machine(path: str, serial: SerialConfig | None = None, api_socket: s
     return m
 
 
-__all__ = ["RestoredMachine", "restore_machine", "SnapshotError"]
+__all__ = ["DeviceLoader", "RestoredMachine", "SavedState", "restore_machine", "SnapshotError"]

@@ -167,24 +167,44 @@ def capture_devices(m: Machine) -> dict[str, object]:
 
 # --- the whole machine ------------------------------------------------------------
 
-def save_machine(m: Machine, path: str, *, kind: str = "save", compression: str = "none",
-                 sync: bool = True) -> SaveResult:
-    """Write the state of `m`, whose vCPUs are parked, to `path`."""
-    start = time.monotonic()
+def quiesce(m: Machine) -> None:
+    """Hold the I/O thread between callbacks and wait for virtio-blk's worker
+    pools (the vCPUs are parked already); `unquiesce` lets it go on."""
     io = m.virtio.iothread if m.virtio is not None else None
     if io is not None:
         io.hold()
+    for dev in m.virtio.devices if m.virtio is not None else ():
+        drain = getattr(dev, "drain", None)
+        if callable(drain):
+            drain()
+
+
+def unquiesce(m: Machine) -> None:
+    if m.virtio is not None:
+        m.virtio.iothread.release()
+
+
+def capture_machine(m: Machine, notes: list[str]) -> tuple[VmState, list[VcpuState], dict[str, object]]:
+    """The VM's, every vCPU's and every device's state, of a quiesced machine."""
+    devices = capture_devices(m)
+    vm_state = capture_vm(m.vm, has_pit2=not m.pvm)
+    msrs = saveable_msrs(m.kvm)
+    size = xsave_size(m.vm)
+    return vm_state, [capture_vcpu(v, msrs, size, notes) for v in m.vcpus], devices
+
+
+def save_machine(m: Machine, path: str, *, kind: str = "save", compression: str = "none",
+                 sync: bool = True, freeze: Callable[[dict[str, object]], Callable[[], None]] | None = None
+                 ) -> SaveResult:
+    """Write the state of `m`, whose vCPUs are parked, to `path`. `freeze`
+    snapshots the disks while the devices are quiet and completes the config
+    section's disk entries; what it returns undoes that if the file cannot
+    be written (vmm/disk_snapshot.py)."""
+    start = time.monotonic()
+    quiesce(m)
     try:
-        for dev in m.virtio.devices if m.virtio is not None else ():
-            drain = getattr(dev, "drain", None)
-            if callable(drain):
-                drain()
         notes: list[str] = []
-        devices = capture_devices(m)
-        vm_state = capture_vm(m.vm, has_pit2=not m.pvm)
-        msrs = saveable_msrs(m.kvm)
-        size = xsave_size(m.vm)
-        vcpus = [capture_vcpu(v, msrs, size, notes) for v in m.vcpus]
+        vm_state, vcpus, devices = capture_machine(m, notes)
         from .snapshot_header import machine_header
 
         macs = [":".join(f"{b:02x}" for b in dev.mac) for dev in (m.virtio.devices if m.virtio else ())  # type: ignore[attr-defined]
@@ -194,7 +214,10 @@ def save_machine(m: Machine, path: str, *, kind: str = "save", compression: str 
                                 compression=compression, created=time.time())
         header["notes"] = notes
         writer = snapshot.SnapshotWriter(path)
+        undo = None
         try:
+            if freeze is not None:
+                undo = freeze(header)  # nothing runs: the disks are taken at the same instant as the rest
             writer.add_json(snapshot.CONFIG, header)
             writer.add_json(snapshot.VM, encode(vm_state))
             for v in vcpus:
@@ -204,10 +227,11 @@ def save_machine(m: Machine, path: str, *, kind: str = "save", compression: str 
             file_size = writer.commit(sync=sync)
         except BaseException:
             writer.abort()
+            if undo is not None:
+                undo()
             raise
     finally:
-        if io is not None:
-            io.release()
+        unquiesce(m)
     for note in notes:
         log.info("%s", note)
     return SaveResult(path=os.path.abspath(path), size=file_size, seconds=round(time.monotonic() - start, 3),

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ..devices.pci.device import PciDevice
     from ..devices.virtio.device import VirtioDevice
     from ..devices.virtio.pci import VirtioPci
+    from ..disk.backend import BlockBackend
     from ..kvm.vm import Vm
     from ..memory.guest import GuestMemory
     from .config import VmConfig
@@ -51,6 +52,9 @@ class VirtioSetup:
         self.pci = pci
         self.console_write = console_write
         self.iothread = IoThread()
+        # How a disk is opened, when not with open_disk (a migration
+        # destination opens its disks only at switchover).
+        self.open_disk: Callable[[DiskConfig], BlockBackend] | None = None
         self.devices: list[VirtioDevice] = []
         self.transports: list[object] = []
         self.mmio_slots: list[tuple[int, int, int]] = []  # (base, size, gsi), for ACPI and the command line
@@ -99,8 +103,11 @@ class VirtioSetup:
         from ..disk import DiskError, open_disk
 
         try:
-            backend = open_disk(d.path, readonly=d.readonly, serial=d.serial or None,
-                                format=d.format or None)
+            if self.open_disk is not None:
+                backend = self.open_disk(d)
+            else:
+                backend = open_disk(d.path, readonly=d.readonly, serial=d.serial or None,
+                                    format=d.format or None)
         except DiskError as e:
             raise ConfigError(f"--disk: {e}") from e
         limiter = None

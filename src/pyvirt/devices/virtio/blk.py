@@ -209,6 +209,23 @@ class VirtioBlk(VirtioDevice):
             self._pool.shutdown(wait=True)
         self.backend.close()
 
+    def replace_backend(self, new: BlockBackend) -> BlockBackend:
+        """Serve `new` from the next request on (a disk snapshot's overlay)
+        and return the old backend still open: the caller closes it once it
+        will not switch back (a failed snapshot switches back). `new` must look
+        the same to the guest: size in sectors, mode and block size."""
+        with self.lock:
+            self.drain()  # nothing in flight on the old backend
+            old = self.backend
+            if (new.size // SECTOR_SIZE, new.readonly, new.block_size) != (self.capacity, old.readonly,
+                                                                          old.block_size):
+                raise ValueError(f"virtio-blk {old.path}: cannot switch to {new.path}: it has "
+                                 f"{new.size // SECTOR_SIZE} sectors of {new.block_size} bytes "
+                                 f"({'ro' if new.readonly else 'rw'}), the guest has {self.capacity} of "
+                                 f"{old.block_size} ({'ro' if old.readonly else 'rw'})")
+            self.backend = new
+            return old
+
     # --- timers (called by the I/O thread) ------------------------------------
     def next_deadline(self) -> float | None:
         """When (on `clock`) `on_timer` should run: the rate limiter will have

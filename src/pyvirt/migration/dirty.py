@@ -1,0 +1,122 @@
+"""Which guest pages changed since the last look: KVM's dirty log plus the VMM's own writes.
+
+KVM records the pages the guest writes in a bitmap per memory slot once the
+slot has KVM_MEM_LOG_DIRTY_PAGES; KVM_GET_DIRTY_LOG returns the bitmap and
+clears it. That misses what the VMM writes into guest memory from the host
+side (virtio devices filling buffers and used rings): `GuestMemory` records
+those while `track_writes` is on. A write is recorded when its view is
+handed out, which may be before the bytes land (a block read finishes on a
+worker thread later), so a page recorded in an early round may change after
+it was sent: `VmmWrites` keeps every page recorded during the migration and
+the final round (devices quiesced) sends all of them again.
+"""
+
+from __future__ import annotations
+
+from ..kvm import ioctls
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from ..kvm import Vm
+    from ..memory import GuestMemory
+
+PAGE = 4096
+
+
+def bitmap_pages(bitmap: bytes | bytearray, first_page: int) -> list[int]:
+    """Page numbers of the set bits of a KVM dirty bitmap (bit i of 64-bit
+    little-endian word w is page first_page + 64*w + i)."""
+    pages: list[int] = []
+    words = memoryview(bitmap).cast("Q") if len(bitmap) % 8 == 0 else None
+    if words is None:
+        raise ValueError(f"a dirty bitmap of {len(bitmap)} bytes is not whole 64-bit words")
+    for w, word in enumerate(words):
+        if not word:
+            continue
+        base = first_page + 64 * w
+        while word:
+            low = word & -word
+            pages.append(base + low.bit_length() - 1)
+            word ^= low
+    return pages
+
+
+def page_runs(pages: Iterable[int], max_pages: int = 1 << 30) -> list[tuple[int, int]]:
+    """Sorted (gpa, length) runs of consecutive pages, each at most `max_pages` long."""
+    runs: list[tuple[int, int]] = []
+    start = prev = -2
+    for p in sorted(set(pages)):
+        if p == prev + 1 and p - start < max_pages:
+            prev = p
+            continue
+        if start >= 0:
+            runs.append((start * PAGE, (prev - start + 1) * PAGE))
+        start = prev = p
+    if start >= 0:
+        runs.append((start * PAGE, (prev - start + 1) * PAGE))
+    return runs
+
+
+class DirtyLog:
+    """KVM's dirty-page logging over a VM's RAM slots (slot i = region i)."""
+
+    def __init__(self, vm: Vm, mem: GuestMemory) -> None:
+        self.vm = vm
+        self.mem = mem
+        self.on = False
+
+    def _set(self, flags: int) -> None:
+        for slot, r in enumerate(self.mem.regions):
+            self.vm.set_user_memory_region(slot, r.gpa, r.size, r.host_address(), flags)
+
+    def start(self) -> None:
+        """Log from now on (the first `fetch` returns the pages written since)."""
+        self._set(ioctls.KVM_MEM_LOG_DIRTY_PAGES)
+        self.on = True
+
+    def stop(self) -> None:
+        if self.on:
+            self.on = False
+            self._set(0)
+
+    def fetch(self) -> list[int]:
+        """Page numbers the guest wrote since `start` or the last fetch."""
+        pages: list[int] = []
+        for slot, r in enumerate(self.mem.regions):
+            npages = r.size // PAGE
+            pages += bitmap_pages(self.vm.get_dirty_log(slot, npages), r.gpa // PAGE)
+        return pages
+
+
+class VmmWrites:
+    """The pages the VMM wrote into guest memory during a migration."""
+
+    def __init__(self, mem: GuestMemory) -> None:
+        self.mem = mem
+        # Every set taken: a device thread may still add to a set just after
+        # it was taken (it read GuestMemory.written before the swap), so
+        # `everything` unions them again, with the devices quiesced.
+        self._taken: list[set[int]] = []
+        self.all: set[int] = set()
+
+    def start(self) -> None:
+        self.mem.track_writes(True)
+
+    def stop(self) -> None:
+        self.mem.track_writes(False)
+
+    def fetch(self) -> set[int]:
+        """Pages recorded since the last fetch (they are also kept for `everything`)."""
+        new = self.mem.take_written()
+        self._taken.append(new)
+        self.all |= new
+        return new
+
+    def everything(self) -> set[int]:
+        """Every page recorded since `start` (for the final round)."""
+        self.fetch()
+        for taken in self._taken:
+            self.all |= taken
+        return self.all
