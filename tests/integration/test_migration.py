@@ -303,3 +303,32 @@ frame = s.recv(2048)
 assert frame[12:14] == b"\x80\x35" and frame[20:22] == b"\x00\x03", frame
 print(frame[6:12].hex())
 """
+
+
+def test_copy_disks_for_hosts_without_shared_storage(vms: Vms, tmp_path: Path) -> None:
+    """--copy-disks: the destination creates its own copy at its --disk path
+    and gets the disk's bytes (zero chunks stay holes); an existing file is
+    never overwritten."""
+    disk = tmp_path / "src.raw"
+    data = os.urandom(3 << 20) + bytes(4 << 20) + os.urandom(1 << 20) + b"tail"
+    disk.write_bytes(data + bytes(-len(data) % 512))
+    copy = tmp_path / "copy.raw"
+    port = _free_port()
+    dst = destination(vms, tmp_path, port, extra=["--disk", f"path={copy}"])
+    src, api = source(vms, tmp_path, "rate=10 pages=4096 spread", ["--disk", f"path={disk}"])
+    Serial(str(tmp_path / "src.serial")).read_until(b"dirty: second 1 ")
+    status, result, err = migrate(api, f"tcp:127.0.0.1:{port}", "--copy-disks")
+    assert status == 0, err
+    assert src.wait(30) == 0
+    Serial(str(tmp_path / "dst.serial")).verify()
+    assert copy.read_bytes() == disk.read_bytes()
+    assert os.stat(copy).st_blocks * 512 < os.stat(disk).st_size  # the zero chunks were not written
+    # A second copy onto an existing file is refused, and the source runs on.
+    port2 = _free_port()
+    dst2 = destination(vms, tmp_path, port2, extra=["--disk", f"path={copy}"])
+    src2, api2 = source(vms, tmp_path / "b" if (tmp_path / "b").mkdir() is None else tmp_path,
+                        "rate=10 pages=4096 spread", ["--disk", f"path={disk}"])
+    status, result, err = migrate(api2, f"tcp:127.0.0.1:{port2}", "--copy-disks")
+    assert status == 1 and "exists" in result["error"], result
+    assert dst2.wait(30) == 1
+    assert src2.poll() is None

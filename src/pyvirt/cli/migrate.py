@@ -33,6 +33,8 @@ def request_body(args: argparse.Namespace) -> dict[str, object]:
         raise ClientError("migrate needs the destination, e.g. tcp:10.0.0.2:4444 (or --cancel)")
     body: dict[str, object] = {"uri": args.uri, "downtime_ms": args.downtime, "max_rounds": args.max_rounds,
                                "auto_converge": args.auto_converge, "postcopy": args.postcopy}
+    if getattr(args, "copy_disks", False):
+        body["copy_disks"] = True
     if args.bandwidth:
         try:
             body["bandwidth"] = parse_size(args.bandwidth)

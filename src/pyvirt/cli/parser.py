@@ -119,6 +119,9 @@ def _add_vm_parser(sub: argparse._SubParsersAction) -> None:
                      help="never throttle the vCPUs of a guest that dirties memory faster than the link")
     mig.add_argument("--postcopy", action="store_true",
                      help="move the VM after a few rounds and fetch the rest on demand (for guests that never converge)")
+    mig.add_argument("--copy-disks", action="store_true",
+                     help="copy the writable disks too, for hosts without shared storage (the destination creates "
+                          "them at its --disk paths, or the same paths)")
     mig.add_argument("--bandwidth", metavar="SIZE", help="use at most SIZE per second of the link, e.g. 100M")
     mig.add_argument("--detach", action="store_true", help="start it and return (follow it with `pyvirt vm stats`)")
     mig.add_argument("--cancel", action="store_true", help="cancel the running migration (the VM runs on here)")

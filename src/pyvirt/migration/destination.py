@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from ..vmm.pvm import PvmAssist
     from ..vmm.restore import SavedState
     from ..vmm.vmstate import PvmState
+    from .disk_copy import DiskCopyTarget
 
 log = get_logger(__name__)
 
@@ -85,7 +86,10 @@ def machine_class() -> type[_Machine]:
 
         boots_kernel = False
 
-        def __init__(self, cfg: VmConfig, regions: Sequence[tuple[int, int]], error: _HelloHeader) -> None:
+        def __init__(self, cfg: VmConfig, regions: Sequence[tuple[int, int]], error: _HelloHeader,
+                     copies: DiskCopyTarget | None = None) -> None:
+            self._copies = copies
+            self._copy_index = 0
             self._saved_regions = list(regions)
             self._error = error
             self._pvm_state: PvmState | None = None
@@ -112,6 +116,10 @@ def machine_class() -> type[_Machine]:
         def _open_disk(self, d: DiskConfig) -> BlockBackend:  # type: ignore[override]
             from .disks import PendingDisk
 
+            if self._copies is not None and not d.readonly:
+                # A disk copied over the stream: this side's own new file, open now.
+                i, self._copy_index = self._copy_index, self._copy_index + 1
+                return self._copies.open(i, d.path, d.readonly, d.format, d.serial or None)
             return PendingDisk(d.path, d.readonly, d.format, d.serial or None)
 
         def load(self, saved: SavedState, disk_paths: dict[str, str], kick: bool = True) -> None:
@@ -148,6 +156,8 @@ class Incoming:
         self.pending: list[tuple[int, int]] = []  # post-copy: runs the source still has
         self.pages = 0
         self.disk_paths: dict[str, str] = {}
+        self.copies: DiskCopyTarget | None = None
+        self.disk_bytes = 0
 
     # --- connection -------------------------------------------------------------
     def accept(self) -> Channel:
@@ -182,11 +192,13 @@ class Incoming:
         source = _HelloHeader(hello.get("config"), ch.peer)
         cfg, regions, _info = config_from_header(source)  # type: ignore[arg-type]
         self._override(cfg)
+        if hello.get("copy_disks") is not None:
+            self._create_copies(cfg, hello["copy_disks"])
         from ..kvm import KvmError
         from ..vmm.machine import VmError
 
         try:
-            self.m = machine_class()(cfg, regions, source)  # type: ignore[call-arg, arg-type]
+            self.m = machine_class()(cfg, regions, source, self.copies)  # type: ignore[call-arg, arg-type]
         except (ConfigError, KvmError, VmError) as e:
             raise MigrationError(f"cannot build the VM here: {e}") from e
         # What loading the state needs, imported now: at switchover the guest waits.
@@ -195,6 +207,24 @@ class Incoming:
         from . import disks  # noqa: F401
 
         return self.m
+
+    def _create_copies(self, cfg: VmConfig, spec: object) -> None:
+        """Create this side's files for the disks the source copies (its writable ones)."""
+        from .disk_copy import DiskCopyTarget, create_target
+
+        writable = [d for d in cfg.disks if not d.readonly]
+        if not isinstance(spec, list) or len(spec) != len(writable):
+            raise MigrationError("the source's disk-copy list does not match its writable disks")
+        self.copies = DiskCopyTarget()
+        for d, item in zip(writable, spec):
+            if not (isinstance(item, dict) and type(item.get("size")) is int and item.get("format") in ("raw", "qcow2")):
+                raise MigrationError("the source's disk-copy list has a malformed entry")
+            if item["size"] <= 0 or item["size"] % 512:
+                raise MigrationError(f"the source's disk {d.path} has an invalid size {item['size']}")
+            create_target(d.path, item["size"], item["format"])
+            self.copies.created.append(d.path)
+            d.format = item["format"]
+            log.warning("copying disk %s here (%d MiB)", d.path, item["size"] >> 20)
 
     def _override(self, cfg: VmConfig) -> None:
         o = self.opt
@@ -241,6 +271,8 @@ class Incoming:
             kind, crc, length = ch.recv_frame("receiving guest memory")
             if kind == stream.PAGES:
                 self.pages += ch.recv_pages(length, self._ram, "receiving guest memory")
+            elif kind == stream.DISK and self.copies is not None:
+                self.disk_bytes += self.copies.receive(ch, length)
             elif kind == stream.STATE:
                 state = ch.recv_json(kind, crc, length, "receiving the VM's state")
             elif kind == stream.POSTCOPY:
@@ -279,6 +311,8 @@ class Incoming:
         saved = SavedState(state.get("vm"), list(enumerate(vcpus)), state.get("devices"), m.cfg.cpus, error)
         t1 = time.monotonic()
         try:
+            if self.copies is not None:
+                self.copies.flush()
             activate(m)
             t2 = time.monotonic()
             m.load(saved, self.disk_paths, kick=not self.pending)  # type: ignore[attr-defined]
@@ -338,6 +372,8 @@ def run_incoming(opt: IncomingOptions) -> int:
             if m is not None:
                 m.close()
                 m = None
+            if inc.copies is not None:
+                inc.copies.remove_created()
             ch.send_error(str(e))
             raise
     except MigrationError as e:

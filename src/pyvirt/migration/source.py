@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from ..vmm.machine import Machine
+    from .disk_copy import DiskCopySource
 
 log = get_logger(__name__)
 
@@ -62,6 +63,7 @@ class MigrationOptions:
     auto_converge: bool = True
     postcopy: bool = False  # move the VM after a few rounds, fetch the rest on demand
     bandwidth: int = 0  # bytes/s to use at most; 0: as fast as the link goes
+    copy_disks: bool = False  # send the writable disks too (hosts without shared storage)
     connect_timeout: float = 10.0
 
     def check(self) -> None:
@@ -78,7 +80,7 @@ class MigrationOptions:
 class Progress:
     """What `GET /migrate` and `stats` show; updated by the migration thread."""
 
-    state: str = "setup"  # setup, precopy, switchover, postcopy, completed, failed, cancelled
+    state: str = "setup"  # setup, copying disks, precopy, switchover, postcopy, completed, failed, cancelled
     uri: str = ""
     round: int = 0
     transferred: int = 0  # bytes sent
@@ -152,6 +154,7 @@ class OutgoingMigration:
         self._lock = threading.Lock()
         self.thread: threading.Thread | None = None
         self.ch: stream.Channel | None = None
+        self.disk_copy: DiskCopySource | None = None
         self._start = 0.0
 
     # --- control ------------------------------------------------------------------
@@ -250,10 +253,31 @@ class OutgoingMigration:
     def _migrate(self) -> None:
         m = self.m
         self.ch = ch = self._connect()
-        ch.send_json(stream.HELLO, self._hello())
-        ch.expect(stream.WELCOME, "waiting for the destination to build the VM")
-        self._check_live()
-        _warm_up(m)
+        hello = self._hello()
+        if self.opt.copy_disks:
+            from .disk_copy import DiskCopySource
+            from .disks import blk_devices
+
+            self.disk_copy = DiskCopySource(blk_devices(m))  # tracks the guest's writes from here on
+            hello["copy_disks"] = self.disk_copy.describe()
+        try:
+            ch.send_json(stream.HELLO, hello)
+            ch.expect(stream.WELCOME, "waiting for the destination to build the VM")
+            self._check_live()
+            _warm_up(m)
+            if self.disk_copy is not None:
+                self._update(state="copying disks")
+                self.disk_copy.bulk(ch, self._check_live)
+                self._update(transferred=ch.sent)
+            self._precopy()
+        finally:
+            if self.disk_copy is not None:
+                self.disk_copy.finish()
+
+    def _precopy(self) -> None:
+        m = self.m
+        ch = self.ch
+        assert ch is not None
         log_ = DirtyLog(m.vm, m.mem)
         vmm = VmmWrites(m.mem)
         throttle = Throttle(m)
@@ -270,6 +294,8 @@ class OutgoingMigration:
                 t_round = self.clock()
                 dirty = set(log_.fetch()) | vmm.fetch()
                 remaining = len(dirty) * PAGE
+                if self.disk_copy is not None:
+                    remaining += self.disk_copy.dirty_bytes()
                 rate = remaining / max(t_round - t0, 1e-3)
                 # The final round also sends every page the VMM touched (dirty.py).
                 expected = (remaining + len(vmm.all - dirty) * PAGE) / max(bw, 1.0)
@@ -299,7 +325,8 @@ class OutgoingMigration:
                         self._update(throttle=share)
                     rounds_over = 0
                 t0 = t_round
-                sent = self._send_runs(page_runs(dirty, CHUNK // PAGE))
+                sent = self.disk_copy.send_dirty(ch) if self.disk_copy is not None else 0
+                sent += self._send_runs(page_runs(dirty, CHUNK // PAGE))
                 elapsed = self.clock() - t_round
                 if sent >= 1 << 20 and elapsed > 0:
                     bw = 0.5 * bw + 0.5 * sent / elapsed  # smooth: a round's figure is noisy
@@ -380,6 +407,9 @@ class OutgoingMigration:
                 state = {"vm": encode(vm_state), "vcpus": [encode(v) for v in vcpus], "devices": devices,
                          "notes": notes}
                 phase("capture_state")
+                if self.disk_copy is not None:
+                    self.disk_copy.send_dirty(ch)
+                    self.disk_copy.finish()  # the real backends, for release()
                 if postcopy:
                     pending = page_runs(final)
                     ch.send_json(stream.POSTCOPY, {"pending": [[gpa, n] for gpa, n in pending]})

@@ -305,18 +305,19 @@ class Snapshot(_WriteState):
 @dataclass(frozen=True)
 class StartMigration(Command):
     """Body {"uri": "tcp:HOST:PORT", "downtime_ms", "max_rounds", "auto_converge",
-    "postcopy", "bandwidth" (bytes/s, 0: unlimited)}; only uri is required."""
+    "postcopy", "bandwidth" (bytes/s, 0: unlimited), "copy_disks"}; only uri is required."""
 
     method = "PUT"
     path = "/migrate"
     fields = {"uri": str, "downtime_ms": float, "max_rounds": int, "auto_converge": bool, "postcopy": bool,
-              "bandwidth": int}
+              "bandwidth": int, "copy_disks": bool}
     uri: str
     downtime_ms: float = 50.0
     max_rounds: int = 30
     auto_converge: bool = True
     postcopy: bool = False
     bandwidth: int = 0
+    copy_disks: bool = False
 
     @classmethod
     def from_body(cls, body: dict[str, object]) -> Command:
@@ -337,7 +338,8 @@ class StartMigration(Command):
         from ..migration.source import MigrationOptions
 
         return MigrationOptions(uri=self.uri, downtime_limit=self.downtime_ms / 1000, max_rounds=self.max_rounds,
-                                auto_converge=self.auto_converge, postcopy=self.postcopy, bandwidth=self.bandwidth)
+                                auto_converge=self.auto_converge, postcopy=self.postcopy, bandwidth=self.bandwidth,
+                                copy_disks=self.copy_disks)
 
     def execute(self, vm: VmControl) -> dict[str, object]:
         return vm.migrate(self.options())
