@@ -228,3 +228,24 @@ def test_dirty_log_fetch_gives_absolute_page_numbers():
     assert log.fetch() == [0, 3, 0x100 + 15]
     assert vm.asked == [(0, 16), (1, 16)]
     assert log.fetch() == []  # KVM cleared the bitmaps
+
+
+def test_encoded_page_sets_round_trip_and_refuse_bad_input() -> None:
+    import base64
+    import zlib
+
+    from pyvirt.migration.dirty import decode_pages, encode_pages
+
+    pages = {0, 1, 2, 63, 64, 4095, 70000}
+    assert decode_pages(encode_pages(pages), 70001) == sorted(pages)
+    assert decode_pages(encode_pages([]), 10) == []
+    with pytest.raises(ValueError, match="beyond guest memory"):
+        decode_pages(encode_pages({100}), 100)
+    with pytest.raises(ValueError):
+        decode_pages("not base64!", 100)
+    with pytest.raises(ValueError):
+        decode_pages(base64.b64encode(b"not zlib").decode(), 100)
+    # A bomb: a tiny text that inflates far beyond guest memory is cut off.
+    bomb = base64.b64encode(zlib.compress(bytes(1 << 24))).decode()
+    with pytest.raises(ValueError, match="longer than guest memory"):
+        decode_pages(bomb, 1000)

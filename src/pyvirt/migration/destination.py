@@ -277,7 +277,7 @@ class Incoming:
                 state = ch.recv_json(kind, crc, length, "receiving the VM's state")
             elif kind == stream.POSTCOPY:
                 msg = ch.recv_json(kind, crc, length, "receiving the post-copy page list")
-                self.pending = _check_runs(msg.get("pending"), self._ram)
+                self.pending = self._pending_runs(msg.get("pages"))
             elif kind == stream.COMPLETE:
                 ch.recv_json(kind, crc, length, "receiving the end of the memory")
                 if state is None:
@@ -289,6 +289,22 @@ class Incoming:
                 if kind == stream.ERROR:
                     ch.recv_json(kind, crc, length, "receiving guest memory")
                 raise MigrationError(f"{ch.peer} sent {stream.NAMES[kind]} while sending memory")
+
+    def _pending_runs(self, text: object) -> list[tuple[int, int]]:
+        """The post-copy page set as runs, each checked to lie in guest RAM."""
+        from .dirty import decode_pages, page_runs
+
+        assert self.m is not None
+        top = max(r.end for r in self.m.mem.regions) // PAGE
+        if not isinstance(text, str):
+            raise MigrationError("the post-copy page set is missing")
+        try:
+            runs = page_runs(decode_pages(text, top))
+        except ValueError as e:
+            raise MigrationError(f"the post-copy page set: {e}") from e
+        for gpa, length in runs:
+            self._ram(gpa, length)
+        return runs
 
     def activate(self, state: dict[str, object]) -> None:
         """Open the disks and load the state (the source has let them go)."""
@@ -326,18 +342,6 @@ class Incoming:
             log.warning("%s", note)
 
 
-def _check_runs(value: object, check: object) -> list[tuple[int, int]]:
-    if not isinstance(value, list):
-        raise MigrationError("the post-copy page list is not a list")
-    runs = []
-    for item in value:
-        if not (isinstance(item, list) and len(item) == 2 and all(type(x) is int and x >= 0 for x in item)):
-            raise MigrationError("the post-copy page list has an entry that is not [gpa, length]")
-        check(item[0], item[1])  # type: ignore[operator]
-        runs.append((item[0], item[1]))
-    return runs
-
-
 def run_incoming(opt: IncomingOptions) -> int:
     """`pyvirt run --incoming`: receive the VM, then run it; the exit status."""
     inc = Incoming(opt)
@@ -354,13 +358,18 @@ def run_incoming(opt: IncomingOptions) -> int:
             hello = ch.expect(stream.HELLO, "waiting for the source to describe the VM")
             start = time.monotonic()
             m = inc.build(hello)
-            ch.send_json(stream.WELCOME, {})
-            state = inc.receive()
-            if inc.pending:
+            if hello.get("postcopy") is True:
                 from .postcopy import PostcopyDestination
 
-                postcopy = PostcopyDestination(m, ch, inc.pending)
-                postcopy.start_server()
+                postcopy = PostcopyDestination(m, ch)
+            ch.send_json(stream.WELCOME, {})
+            state = inc.receive()
+            if postcopy is not None:
+                if inc.pending:
+                    postcopy.start(inc.pending)
+                else:
+                    postcopy.not_needed()
+                    postcopy = None
             inc.activate(state)
             ch.send_json(stream.READY, {})
             ch.expect(stream.GO, "waiting for the source to hand over the VM")

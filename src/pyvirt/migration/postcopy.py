@@ -53,9 +53,12 @@ PREFETCH = 16  # pages asked for around a faulting one: guests touch memory in r
 
 
 class PostcopyDestination:
-    """The VM process's side: drop, register, start the server, watch it."""
+    """The VM process's side. Made when the source allows post-copy: it
+    starts the fault server at once (a Python process takes tens of
+    milliseconds to start, which must not add to the switchover), and
+    `start` gives it the pages to fetch when post-copy begins."""
 
-    def __init__(self, m: Machine, ch: Channel, pending: Sequence[tuple[int, int]]) -> None:
+    def __init__(self, m: Machine, ch: Channel) -> None:
         from ..memory.userfault import UserFault, available
 
         why = available()
@@ -63,31 +66,47 @@ class PostcopyDestination:
             raise MigrationError(f"post-copy needs userfaultfd: {why}")
         self.m = m
         self.ch = ch
+        self.pending: list[tuple[int, int]] = []
+        self.uffd: UserFault | None = UserFault()
+        go_r, self._go_w = os.pipe()
+        fds = (self.uffd.fileno(), ch.sock.fileno(), go_r)
+        self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+            [sys.executable, "-m", "pyvirt.migration.postcopy"], stdin=subprocess.PIPE, pass_fds=fds,
+            close_fds=True)
+        os.close(go_r)
+        self._spec = {"uffd": self.uffd.fileno(), "sock": ch.sock.fileno(), "go": go_r, "peer": ch.peer}
+
+    def start(self, pending: Sequence[tuple[int, int]]) -> None:
+        """Post-copy begins: drop the stale copies of `pending`, register
+        guest RAM, and tell the server what to fetch. It serves faults at
+        once and reads the socket only after `go` (this process still
+        talks on it until then)."""
+        assert self.uffd is not None and self.proc is not None and self.proc.stdin is not None
+        m = self.m
         self.pending = list(pending)
         for gpa, length in self.pending:
             region = _region(m, gpa, length)
             region.buf.madvise(MADV_DONTNEED, gpa - region.gpa, length)  # type: ignore[union-attr, call-arg]
-        self.uffd: UserFault | None = UserFault()
         for r in m.mem.regions:
             self.uffd.register(r.host_address(), r.size)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._go_w = -1
+        from .dirty import encode_pages
 
-    def start_server(self) -> None:
-        """Start the fault server; it serves faults at once and reads the
-        socket once `go` is called (the VM process still talks on it until then)."""
-        assert self.uffd is not None
-        go_r, self._go_w = os.pipe()
-        spec = {"regions": [[r.gpa, r.host_address(), r.size] for r in self.m.mem.regions],
-                "pending": [[gpa, n] for gpa, n in self.pending],
-                "uffd": self.uffd.fileno(), "sock": self.ch.sock.fileno(), "go": go_r, "peer": self.ch.peer}
-        fds = (self.uffd.fileno(), self.ch.sock.fileno(), go_r)
-        self.proc = subprocess.Popen([sys.executable, "-m", "pyvirt.migration.postcopy"], stdin=subprocess.PIPE,
-                                     pass_fds=fds, close_fds=True)
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(spec).encode())
-        self.proc.stdin.close()
-        os.close(go_r)
+        spec = dict(self._spec, regions=[[r.gpa, r.host_address(), r.size] for r in m.mem.regions],
+                    pages=encode_pages(p for gpa, n in self.pending for p in range(gpa // PAGE, (gpa + n) // PAGE)))
+        try:
+            self.proc.stdin.write(json.dumps(spec).encode())
+            self.proc.stdin.close()
+        except OSError as e:
+            raise MigrationError(f"the post-copy fault server is gone: {e}") from e
+
+    def not_needed(self) -> None:
+        """Pre-copy converged: end the idle server."""
+        if self.proc is not None and self.proc.stdin is not None:
+            self.proc.stdin.close()  # it reads an empty spec and exits
+            self.proc.wait()
+            self.proc = None
+        os.close(self._go_w)
+        self._close_uffd()
 
     def go(self) -> None:
         """Let the server take the socket, and watch it until it ends."""
@@ -118,6 +137,10 @@ class PostcopyDestination:
             self.proc.kill()
             self.proc.wait()
         self._close_uffd()
+        try:
+            os.close(self._go_w)
+        except OSError:
+            pass  # go() closed it
 
 
 def _region(m: Machine, gpa: int, length: int) -> Region:
@@ -131,11 +154,11 @@ def _region(m: Machine, gpa: int, length: int) -> Region:
 
 class FaultServer:
     def __init__(self, uffd: UserFault, ch: Channel, regions: Sequence[tuple[int, int, int]],
-                 pending: Sequence[tuple[int, int]]) -> None:
+                 pending: Sequence[int]) -> None:
         self.uffd = uffd
         self.ch = ch
         self.regions = [(gpa, hva, size) for gpa, hva, size in regions]
-        self.missing = {p for gpa, n in pending for p in range(gpa // PAGE, (gpa + n) // PAGE)}
+        self.missing = set(pending)
         self.requested: set[int] = set()
         self.faults = self.zero = 0
 
@@ -235,7 +258,10 @@ def serve() -> int:
     """The fault server's main: the spec (JSON) on stdin, the fds inherited."""
     from ..memory.userfault import UserFault
 
-    spec = json.loads(sys.stdin.buffer.read())
+    raw = sys.stdin.buffer.read()
+    if not raw:
+        return 0  # the migration converged without post-copy
+    spec = json.loads(raw)
     import socket
 
     sock = socket.socket(fileno=spec["sock"])
@@ -243,8 +269,11 @@ def serve() -> int:
     sock.settimeout(None)
     ch = Channel(sock, spec["peer"])
     uffd = UserFault.from_fd(spec["uffd"])
-    server = FaultServer(uffd, ch, [tuple(r) for r in spec["regions"]],  # type: ignore[misc]
-                         [tuple(r) for r in spec["pending"]])  # type: ignore[misc]
+    from .dirty import decode_pages
+
+    regions = [tuple(r) for r in spec["regions"]]
+    server = FaultServer(uffd, ch, regions,  # type: ignore[arg-type]
+                         decode_pages(spec["pages"], max(g + size for g, _, size in regions) // PAGE))
     try:
         server.run(spec["go"])
     except MigrationError as e:

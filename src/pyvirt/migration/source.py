@@ -35,7 +35,7 @@ import time
 from .._log import get_logger
 from ..kvm import KvmError
 from . import stream
-from .dirty import PAGE, DirtyLog, VmmWrites, page_runs
+from .dirty import PAGE, DirtyLog, VmmWrites, encode_pages, page_runs
 from .stream import MigrationError
 
 TYPE_CHECKING = False
@@ -411,8 +411,7 @@ class OutgoingMigration:
                     self.disk_copy.send_dirty(ch)
                     self.disk_copy.finish()  # the real backends, for release()
                 if postcopy:
-                    pending = page_runs(final)
-                    ch.send_json(stream.POSTCOPY, {"pending": [[gpa, n] for gpa, n in pending]})
+                    ch.send_json(stream.POSTCOPY, {"pages": encode_pages(final)})
                 else:
                     self._send_runs(page_runs(final, CHUNK // PAGE))
                 self._update(remaining=0, final_pages=len(final))
