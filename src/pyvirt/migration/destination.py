@@ -158,6 +158,7 @@ class Incoming:
         self.disk_paths: dict[str, str] = {}
         self.copies: DiskCopyTarget | None = None
         self.disk_bytes = 0
+        self._regions: list[tuple[int, int, memoryview]] = []
 
     # --- connection -------------------------------------------------------------
     def accept(self) -> Channel:
@@ -170,10 +171,13 @@ class Incoming:
             except OSError as e:
                 raise MigrationError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
             ls.listen(1)
+            _preload()  # while nobody waits: the source's HELLO then only builds
             log.warning("waiting for an incoming migration on %s:%d", host, port)
             sock, addr = ls.accept()
         sock.settimeout(STREAM_TIMEOUT)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        # Replies are small and follow other small writes: without this,
+        # Nagle holds each one until the source's delayed ACK (40 ms).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.ch = Channel(sock, f"the source {addr[0]}:{addr[1]}")
         return self.ch
 
@@ -201,6 +205,7 @@ class Incoming:
             self.m = machine_class()(cfg, regions, source, self.copies)  # type: ignore[call-arg, arg-type]
         except (ConfigError, KvmError, VmError) as e:
             raise MigrationError(f"cannot build the VM here: {e}") from e
+        self._regions = [(r.gpa, r.end, r.view) for r in self.m.mem.regions]
         # What loading the state needs, imported now: at switchover the guest waits.
         from ..devices.virtio import blk  # noqa: F401
         from ..vmm import restore, state_codec  # noqa: F401
@@ -254,12 +259,13 @@ class Incoming:
 
     # --- receiving ------------------------------------------------------------------
     def _ram(self, gpa: int, length: int) -> memoryview:
-        assert self.m is not None
+        """The destination's guest memory for a run the source sent, checked.
+        (Called once per run, up to 16384 times a round: kept lean.)"""
         if gpa % PAGE or length % PAGE or length == 0:
             raise MigrationError(f"the source sent memory at {gpa:#x}+{length:#x}: not whole pages")
-        for r in self.m.mem.regions:
-            if r.gpa <= gpa and gpa + length <= r.end:
-                return r.view[gpa - r.gpa:gpa - r.gpa + length]
+        for start, end, view in self._regions:
+            if start <= gpa and gpa + length <= end:
+                return view[gpa - start:gpa - start + length]
         raise MigrationError(f"the source sent memory at {gpa:#x}+{length:#x}, outside the guest's RAM")
 
     def receive(self) -> dict[str, object]:
@@ -283,8 +289,9 @@ class Incoming:
                 if state is None:
                     raise MigrationError(f"{ch.peer} completed the migration without sending the VM's state")
                 return state
-            elif kind in (stream.ROUND,):
-                ch.recv_json(kind, crc, length, "receiving a round summary")
+            elif kind == stream.ROUND:
+                ch.recv_json(kind, crc, length, "receiving the end of a round")
+                ch.send_json(stream.ROUND, {})  # all of it is in guest memory now
             else:
                 if kind == stream.ERROR:
                     ch.recv_json(kind, crc, length, "receiving guest memory")
@@ -340,6 +347,14 @@ class Incoming:
             raise MigrationError(f"KVM refused the saved state: {e}") from e
         for note in m.notes:  # type: ignore[attr-defined]
             log.warning("%s", note)
+
+
+def _preload() -> None:
+    """Import what building and loading the VM needs."""
+    machine_class()
+    from ..devices.virtio import blk, net, queue  # noqa: F401
+    from ..vmm import restore, snapshot_header, state_codec  # noqa: F401
+    from . import disks  # noqa: F401
 
 
 def run_incoming(opt: IncomingOptions) -> int:

@@ -262,9 +262,9 @@ class OutgoingMigration:
             hello["copy_disks"] = self.disk_copy.describe()
         try:
             ch.send_json(stream.HELLO, hello)
+            _warm_up(m)  # while the destination builds the VM
             ch.expect(stream.WELCOME, "waiting for the destination to build the VM")
             self._check_live()
-            _warm_up(m)
             if self.disk_copy is not None:
                 self._update(state="copying disks")
                 self.disk_copy.bulk(ch, self._check_live)
@@ -287,6 +287,7 @@ class OutgoingMigration:
             self._update(state="precopy")
             t0 = self.clock()
             sent = self._send_runs(_nonzero(m))
+            self._round_trip(0)
             bw = sent / max(self.clock() - t0, 1e-3)
             rounds_over = 0  # rounds in a row where the guest dirtied more than half of what was sent
             while True:
@@ -327,6 +328,7 @@ class OutgoingMigration:
                 t0 = t_round
                 sent = self.disk_copy.send_dirty(ch) if self.disk_copy is not None else 0
                 sent += self._send_runs(page_runs(dirty, CHUNK // PAGE))
+                self._round_trip(rnd)
                 elapsed = self.clock() - t_round
                 if sent >= 1 << 20 and elapsed > 0:
                     bw = 0.5 * bw + 0.5 * sent / elapsed  # smooth: a round's figure is noisy
@@ -334,6 +336,14 @@ class OutgoingMigration:
             throttle.stop()
             log_.stop()
             vmm.stop()
+
+    def _round_trip(self, rnd: int) -> None:
+        """End a round and wait until the destination has taken all of it:
+        the socket buffers hold megabytes, and the bandwidth that decides the
+        switchover is the one the destination keeps up with."""
+        assert self.ch is not None
+        self.ch.send_json(stream.ROUND, {"round": rnd})
+        self.ch.expect(stream.ROUND, "waiting for the destination to take the round")
 
     # --- sending pages ----------------------------------------------------------------
     def _send_runs(self, runs: Iterable[tuple[int, int]]) -> int:
