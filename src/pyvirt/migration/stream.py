@@ -187,7 +187,7 @@ class Channel:
             raise MigrationError(f"{self.peer} sent a PAGES message with {count} runs in {length} bytes")
         head = bytearray(head_len)
         _recv_exact(self.sock, memoryview(head), what)
-        views = []
+        views: list[memoryview] = []
         size = 0
         append = views.append
         for gpa, pages, reserved in PAGES_RUN.iter_unpack(head):
