@@ -5,6 +5,7 @@
     python3 benchmarks/run.py --quick    # fewer repetitions, smaller loops (a smoke run)
     python3 benchmarks/run.py --virtio   # then the virtio device benchmark (benchmarks/virtio_bench.py)
     python3 benchmarks/run.py --linux    # then the Linux guest boot (benchmarks/linux_bench.py; 15-30 min)
+    python3 benchmarks/run.py --migration  # then save/restore and live migration (benchmarks/migration_bench.py)
 
 Measures, on the same guests for every VMM:
 
@@ -427,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--virtio", action="store_true",
                     help="also run benchmarks/virtio_bench.py (virtio-blk and virtio-net against QEMU; "
                          "writes results/virtio-latest.json)")
+    ap.add_argument("--migration", action="store_true",
+                    help="also run benchmarks/migration_bench.py (save/restore and live migration of the dirty "
+                         "guest against QEMU; about 2-3 min; writes results/migration-latest.json)")
     ap.add_argument("--linux", action="store_true",
                     help="also run benchmarks/linux_bench.py (Debian's kernel to a busybox /init under pyvirt and "
                          "QEMU microvm, one after the other; takes 15-30 min here; writes results/linux-latest.json)")
@@ -601,6 +605,13 @@ def main(argv: list[str] | None = None) -> int:
 
         log("")
         status |= virtio_bench.main(["--quick"] if args.quick else [])
+    if args.migration:
+        if str(BENCH) not in sys.path:
+            sys.path.insert(0, str(BENCH))
+        import migration_bench
+
+        log("")
+        status |= migration_bench.main(["--quick"] if args.quick else [])
     if args.linux:
         if str(BENCH) not in sys.path:
             sys.path.insert(0, str(BENCH))
