@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "guest memory is mapped from it, not read.")
     restore.add_argument("-v", "--verbose", dest="run_verbose", action="count", default=0,
                          help="more logging: what was restored and how long it took (-vv for debug)")
-    restore.add_argument("file", metavar="FILE", help="the snapshot file")
+    restore.add_argument("file", metavar="FILE", nargs="?",
+                         help="the snapshot file; without it, with --api-socket, the VMM starts now and restores "
+                              "the file named by `pyvirt vm restore` (PUT /restore) when asked")
     restore.add_argument("--serial", metavar="SPEC", help="stdio (default), null, file:PATH or socket:PATH")
     restore.add_argument("--api-socket", metavar="PATH", help="serve the control API on this unix socket")
     restore.add_argument("--verify", action="store_true",
@@ -125,6 +127,10 @@ def _add_vm_parser(sub: argparse._SubParsersAction) -> None:
     mig.add_argument("--bandwidth", metavar="SIZE", help="use at most SIZE per second of the link, e.g. 100M")
     mig.add_argument("--detach", action="store_true", help="start it and return (follow it with `pyvirt vm stats`)")
     mig.add_argument("--cancel", action="store_true", help="cancel the running migration (the VM runs on here)")
+    rst = vsub.add_parser("restore", parents=[common], help="restore FILE in a waiting `pyvirt restore --api-socket`",
+                          description="Restore the snapshot FILE in a VMM started ahead with `pyvirt restore "
+                                      "--api-socket PATH` (no file): the fastest way back for a saved VM.")
+    rst.add_argument("file", metavar="FILE", help="the snapshot file")
     balloon = vsub.add_parser("balloon", parents=[common], help="show or set the balloon",
                               description="Without TARGET, show the balloon; with it, ask the guest to give "
                                           "back TARGET of its memory (0 gives it all back).")

@@ -28,6 +28,19 @@ def cmd_restore(args: argparse.Namespace | RestoreArgs, log_level: int) -> int:
     from ..vmm.snapshot import SnapshotError
 
     _log.configure(log_level, LOG_FORMAT)
+    if not args.file:
+        if not args.api_socket:
+            print("pyvirt: restore needs a snapshot FILE, or --api-socket PATH to wait for one "
+                  "(`pyvirt vm restore --api-socket PATH FILE`)", file=sys.stderr)
+            return 2
+        from ..vmm.restore_request import serve_and_restore
+
+        try:
+            serial = SerialConfig.parse(args.serial) if args.serial else None
+        except ConfigError as e:
+            print(f"pyvirt: {e}", file=sys.stderr)
+            return 1
+        return serve_and_restore(args.api_socket, serial, verify_memory=args.verify, disk_mode=args.disks)
     try:
         serial = SerialConfig.parse(args.serial) if args.serial else None
         machine = restore_machine(args.file, serial, args.api_socket, verify_memory=args.verify,

@@ -154,7 +154,7 @@ def _balloon_target(text: str) -> int:
 
 def cmd_vm(args: argparse.Namespace) -> int:
     command = args.vm_command
-    timeout = args.timeout if args.timeout is not None else 600.0 if command in ("save", "snapshot") else 30.0
+    timeout = args.timeout if args.timeout is not None else 600.0 if command in ("save", "snapshot", "restore") else 30.0
     client = ApiClient(args.api_socket, timeout)
     try:
         if command == "status":
@@ -170,6 +170,8 @@ def cmd_vm(args: argparse.Namespace) -> int:
             if getattr(args, "disks", None):  # snapshot only; the VM's default is "overlay"
                 body["disks"] = args.disks
             reply = client.request("PUT", f"/{command}", body)
+        elif command == "restore":
+            reply = client.request("PUT", "/restore", {"path": os.path.abspath(args.file)})
         elif command == "migrate":
             from .migrate import cmd_migrate
 

@@ -363,3 +363,26 @@ class CancelMigration(Command):
 
     def execute(self, vm: VmControl) -> dict[str, object]:
         return vm.migrate_cancel()
+
+
+@route
+@dataclass(frozen=True)
+class Restore(Command):
+    """Body {"path": absolute path of a snapshot file}: for a `pyvirt restore
+    --api-socket` started without a file."""
+
+    method = "PUT"
+    path = "/restore"
+    fields = {"path": str}
+    file: str
+
+    @classmethod
+    def from_body(cls, body: dict[str, object]) -> Command:
+        where = f"{cls.method} {cls.path}"
+        path = check_fields(body, cls.fields, where).get("path")
+        if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+            raise RequestError(f"{where}: \"path\" must be the snapshot file's absolute path")
+        return cls(file=path)
+
+    def execute(self, vm: VmControl) -> dict[str, object]:
+        return vm.restore(self.file)

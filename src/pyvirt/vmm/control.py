@@ -69,6 +69,11 @@ class VmControl(Protocol):
         none; vmm/disk_snapshot.py)."""
         ...
 
+    def restore(self, path: str) -> dict[str, object]:
+        """Restore the snapshot at `path` in this process (only a `pyvirt
+        restore --api-socket` waiting for one; a running VM refuses)."""
+        ...
+
     def migrate(self, options: MigrationOptions) -> dict[str, object]:
         """Start a live migration in the background; returns its progress."""
         ...

@@ -91,6 +91,9 @@ class Machine:
     boots_kernel = True  # False for a machine restored from a snapshot (restore.py)
     # How virtio-blk opens a disk when not with open_disk (migration/destination.py)
     _open_disk: Callable[[DiskConfig], BlockBackend] | None = None
+    # Set once the vCPU threads run (restore_request.py reports the time)
+    started: threading.Event | None = None
+    started_at: float | None = None
 
     def __init__(self, cfg: VmConfig, console: Console | None = None) -> None:
         cfg.validate(require_kernel=self.boots_kernel)
@@ -373,6 +376,9 @@ class Machine:
                 self.threads.append(t)
             for t in self.threads:
                 t.start()
+            self.started_at = time.monotonic()
+            if self.started is not None:
+                self.started.set()
             if assist is not None:
                 threading.Thread(target=self._pvm_watch, args=(assist,), name="pvm-watch", daemon=True).start()
             if self.virtio is not None:

@@ -284,6 +284,10 @@ class MachineControl:
                 state = "paused" if was_paused else "running"
         return {"state": state, **result.as_dict(), **({"disks": plan.report()} if plan is not None else {})}
 
+    def restore(self, path: str) -> dict[str, object]:
+        raise ControlError("this process runs a VM already: restore into a `pyvirt restore --api-socket PATH` "
+                           "started without a file")
+
     # --- live migration -----------------------------------------------------------
     def migrate(self, options: MigrationOptions) -> dict[str, object]:
         from ..migration.source import OutgoingMigration
