@@ -332,3 +332,20 @@ def test_copy_disks_for_hosts_without_shared_storage(vms: Vms, tmp_path: Path) -
     assert status == 1 and "exists" in result["error"], result
     assert dst2.wait(30) == 1
     assert src2.poll() is None
+
+
+def test_a_source_killed_mid_way_leaves_the_destination_clean(vms: Vms, tmp_path: Path) -> None:
+    """The source dies during pre-copy: the destination says so and exits 1
+    without having run the guest."""
+    port = _free_port()
+    dst = destination(vms, tmp_path, port)
+    src, api = source(vms, tmp_path, "rate=50 pages=16384 spread")
+    Serial(str(tmp_path / "src.serial")).read_until(b"dirty: second 1 ")
+    mig = subprocess.Popen([*pyvirt_cmd(), "vm", "migrate", "--api-socket", api, f"tcp:127.0.0.1:{port}",
+                            "--bandwidth", "20M", "--detach"], env=ENV, cwd=ROOT)
+    assert mig.wait(30) == 0
+    wait_for("some memory to go over", lambda: _received(api) > 8 << 20)
+    src.kill()
+    assert dst.wait(60) == 1
+    log = vms.log(dst)
+    assert "the connection was closed" in log and "the VM did not run here" in log, log
