@@ -51,3 +51,33 @@ def test_a_waiting_vmm_restores_on_request(tmp_path: Path) -> None:
         assert w.wait(30) == 0
     finally:
         vms.close()
+
+
+def test_lazy_restore_of_a_compressed_snapshot(tmp_path: Path) -> None:
+    """--lazy: the guest runs before its compressed memory is decompressed;
+    every page it touches comes in on demand and its memory verifies."""
+    from pyvirt.memory.userfault import available
+    from pyvirt.vmm.snapshot import available_codecs
+
+    if available() is not None:
+        pytest.skip(f"userfaultfd: {available()}")
+    if "zstd" not in available_codecs():
+        pytest.skip("zstandard is not installed")
+    vms = Vms(tmp_path)
+    try:
+        api = str(tmp_path / "vm.api")
+        vms.start(["run", "--kernel", str(DIRTY), "--memory", "128M", "--cmdline", "rate=10 pages=4096 spread",
+                   "--serial", f"socket:{tmp_path / 'a.serial'}", "--api-socket", api])
+        wait_for("the VM's API", lambda: socket_listening(api))
+        Serial(str(tmp_path / "a.serial")).read_until(b"dirty: second 1 ")
+        snap = str(tmp_path / "vm.snap")
+        assert _vm(api, "save", snap, "--compress", "zstd")[0] == 0
+        r = vms.start(["-v", "restore", snap, "--lazy", "--serial", f"socket:{tmp_path / 'r.serial'}"])
+        serial = Serial(str(tmp_path / "r.serial"))
+        serial.verify()
+        assert "on demand" in vms.log(r)
+        serial.sock.sendall(b"q")
+        assert r.wait(30) == 1  # the guest's exit(0) through the debug-exit port
+        assert "page server failed" not in vms.log(r)
+    finally:
+        vms.close()

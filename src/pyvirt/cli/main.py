@@ -127,6 +127,7 @@ class RestoreArgs:
         self.serial: str | None = None
         self.api_socket: str | None = None
         self.verify = False
+        self.lazy = False
         self.disks = "overlay"
 
 
@@ -147,8 +148,8 @@ def parse_restore(argv: list[str]) -> RestoreArgs | None:
         if _verbosity(arg):
             args.run_verbose += _verbosity(arg)
             continue
-        if arg == "--verify":
-            args.verify = True
+        if arg in ("--verify", "--lazy"):
+            setattr(args, arg[2:], True)
             continue
         if not arg.startswith("-"):
             if args.file or not arg:

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "the file named by `pyvirt vm restore` (PUT /restore) when asked")
     restore.add_argument("--serial", metavar="SPEC", help="stdio (default), null, file:PATH or socket:PATH")
     restore.add_argument("--api-socket", metavar="PATH", help="serve the control API on this unix socket")
+    restore.add_argument("--lazy", action="store_true",
+                         help="a compressed snapshot: run at once and decompress each page when the guest first "
+                              "touches it (userfaultfd), not all of it first")
     restore.add_argument("--verify", action="store_true",
                          help="check the CRC of all saved guest memory first (reads the whole file)")
     restore.add_argument("--disks", choices=("overlay", "revert", "direct"), default="overlay",

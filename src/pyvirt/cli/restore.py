@@ -44,7 +44,7 @@ def cmd_restore(args: argparse.Namespace | RestoreArgs, log_level: int) -> int:
     try:
         serial = SerialConfig.parse(args.serial) if args.serial else None
         machine = restore_machine(args.file, serial, args.api_socket, verify_memory=args.verify,
-                                  disk_mode=args.disks)
+                                  disk_mode=args.disks, lazy=args.lazy)
     except (SnapshotError, ConfigError, VmError, KvmError) as e:
         print(f"pyvirt: {e}", file=sys.stderr)
         return 1

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ..kvm import Vcpu, Vm
     from ..memory import Region
     from .config import SerialConfig, VmConfig
+    from .lazy_restore import LazyMemory
     from .pvm import PvmAssist
 
     T = TypeVar("T")
@@ -244,8 +245,10 @@ class RestoredMachine(Machine):
     boots_kernel = False
 
     def __init__(self, snap: Snapshot, cfg: VmConfig, regions: Sequence[tuple[int, int]], *,
-                 verify_memory: bool = False) -> None:
+                 verify_memory: bool = False, lazy: bool = False) -> None:
         self.snap = snap
+        self._lazy = lazy
+        self.lazy: LazyMemory | None = None  # compressed memory served on demand (lazy_restore.py)
         self.notes: list[str] = []
         self.mapped_runs = self.read_runs = 0
         self._saved_regions = list(regions)
@@ -278,6 +281,11 @@ class RestoredMachine(Machine):
         if self._verify:
             snap.verify_memory(expected)
         copy = len(runs) > MAX_MAPPED_RUNS or any(r.codec != CODEC_NONE for r in runs)
+        if copy and self._lazy:
+            from .lazy_restore import LazyMemory
+
+            self.lazy = LazyMemory(snap.path, regions)
+            return regions
         for region in regions:
             mine = [r for r in runs if region.gpa <= r.gpa < region.end]  # _parse_map: inside one region
             if copy:
@@ -307,6 +315,8 @@ class RestoredMachine(Machine):
 
     def close(self) -> None:
         super().close()
+        if self.lazy is not None:
+            self.lazy.close()
         self.snap.close()
 
 
@@ -318,7 +328,7 @@ def _decode(error: Callable[[str], Exception], cls: type[T], data: object, where
 
 
 def restore_machine(path: str, serial: SerialConfig | None = None, api_socket: str | None = None, *,
-                    verify_memory: bool = False, disk_mode: str = "overlay") -> RestoredMachine:
+                    verify_memory: bool = False, disk_mode: str = "overlay", lazy: bool = False) -> RestoredMachine:
     """Open, check and load the snapshot at `path`; the machine is ready to `run()`.
     `disk_mode` says what to do with disks the snapshot froze (disk_restore.py).
     SnapshotError for a file that cannot be used, VmError for a VM that cannot be built."""
@@ -336,7 +346,7 @@ def restore_machine(path: str, serial: SerialConfig | None = None, api_socket: s
         cfg.api_socket = api_socket
         disks = restore_disks(path, snap, cfg, disk_mode)  # may put the disks on new overlays
         try:
-            m = RestoredMachine(snap, cfg, regions, verify_memory=verify_memory)
+            m = RestoredMachine(snap, cfg, regions, verify_memory=verify_memory, lazy=lazy)
         except (ConfigError, KvmError) as e:
             raise VmError(f"{path}: {e}") from e
     except BaseException:
@@ -345,6 +355,9 @@ def restore_machine(path: str, serial: SerialConfig | None = None, api_socket: s
             disks.discard()
         raise
     snap.close()  # the mappings keep the file
+    if m.lazy is not None:
+        m.lazy.watch(m)
+        log.info("compressed memory comes in on demand (--lazy)")
     for note in m.notes:
         log.warning("%s", note)
     log.info("restored %s in %.1f ms (%d runs of memory mapped, %d read)", path,
