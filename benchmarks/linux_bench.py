@@ -46,7 +46,6 @@ marker.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import resource
@@ -418,13 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1min_before": load_begin[0],
         "steal_fraction": steal,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    try:
-        shown = args.json.resolve().relative_to(ROOT)
-    except ValueError:
-        shown = args.json
-    log(f"Results written to {shown}")
+    common.write_results(args.json, result)
     return 1 if problems else 0
 
 

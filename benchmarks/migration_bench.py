@@ -235,25 +235,50 @@ class Procs:
         self.started.clear()
 
 
-class Serial:
+class UnixClient:
+    """A client of a VMM's unix socket (connected once the VMM has made it) with a reader thread."""
+
+    sock: socket.socket
+    _reader: threading.Thread
+
+    def _connect_to(self, path: str, what: str, proc: Proc, timeout: float) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+
+        def connect() -> bool:
+            try:
+                self.sock.connect(path)
+            except (FileNotFoundError, ConnectionRefusedError):
+                return False
+            return True
+
+        wait_until(f"{proc.name}'s {what}", connect, timeout, proc)
+
+    def _start_reader(self) -> None:
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self._reader.join(timeout=2)
+
+
+class Serial(UnixClient):
     """Client end of a VM's COM1 socket: received lines with arrival times, bytes to send."""
 
     def __init__(self, path: str, proc: Proc, timeout: float = STEP_TIMEOUT) -> None:
         self.t0, self.path = proc.t0, path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.lines: list[tuple[float, str]] = []  # (seconds since the VMM's spawn, line)
         self._partial = b""
         self._lock = threading.Lock()
-        wait_until(f"{proc.name}'s serial socket", self._connect, timeout, proc)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _connect(self) -> bool:
-        try:
-            self.sock.connect(self.path)
-        except (FileNotFoundError, ConnectionRefusedError):
-            return False
-        return True
+        self._connect_to(path, "serial socket", proc, timeout)
+        self._start_reader()
 
     def _read(self) -> None:
         while True:
@@ -288,40 +313,22 @@ class Serial:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        self._reader.join(timeout=2)
-
 
 class QmpError(Exception):
     pass
 
 
-class Qmp:
+class Qmp(UnixClient):
     """A QMP client on QEMU's unix socket; events are kept with their arrival times."""
 
     def __init__(self, path: str, proc: Proc, timeout: float = STEP_TIMEOUT) -> None:
         self.proc = proc
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-
-        def connect() -> bool:
-            try:
-                self.sock.connect(path)
-            except (FileNotFoundError, ConnectionRefusedError):
-                return False
-            return True
-
-        wait_until(f"{proc.name}'s QMP socket", connect, timeout, proc)
+        self._connect_to(path, "QMP socket", proc, timeout)
         self.file = self.sock.makefile("rb")
         self.replies: queue.Queue[dict[str, Any]] = queue.Queue()
         self.events: list[tuple[float, dict[str, Any]]] = []  # (seconds since spawn, event)
         self._lock = threading.Lock()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._start_reader()
         self._greeting = self.replies.get(timeout=timeout)
         self.execute("qmp_capabilities")
 
@@ -365,13 +372,6 @@ class Qmp:
         return wait_until(f"QMP event {name} from {self.proc.name}", lambda: self.event(name), timeout, self.proc,
                           interval=0.001)
 
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        self._reader.join(timeout=2)
 
 
 def event_time(e: dict[str, Any]) -> float:
@@ -914,13 +914,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1min_before": load_begin[0],
         "steal_fraction": steal,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    try:
-        shown = args.json.resolve().relative_to(ROOT)
-    except ValueError:
-        shown = args.json
-    log(f"Results written to {shown}")
+    common.write_results(args.json, result)
     return 1 if failures else 0
 
 

@@ -411,6 +411,17 @@ def fmt_ratio(a: float | None, b: float | None) -> tuple[float | None, str]:
     return r, f"{r:.2f}x"
 
 
+def write_results(path: Path, result: dict[str, object]) -> None:
+    """Write a benchmark's results as JSON and say where (relative to the repo when inside it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    try:
+        shown = path.resolve().relative_to(ROOT)
+    except ValueError:
+        shown = path
+    log(f"Results written to {shown}")
+
+
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
@@ -543,8 +554,8 @@ def main(argv: list[str] | None = None) -> int:
             mib, f"pyvirt <= {TARGET_RSS_MIB:.0f} MiB", TARGET_RSS_MIB * 1024, absolute=True)
     log("")
     log("pyvirt against its peers (medians; ratio = pyvirt / peer; the verdict uses the medians)")
-    log(table([c.pop("row") for c in comparisons], ["figure", "pyvirt", "peer", "peer value", "ratio",
-                                                     "ratio of min", "target", "verdict"]))
+    table_rows: list[list[str]] = [c.pop("row") for c in comparisons]  # type: ignore[misc]  # rows are list[str]
+    log(table(table_rows, ["figure", "pyvirt", "peer", "peer value", "ratio", "ratio of min", "target", "verdict"]))
     steal = steal_fraction(cpu_begin, cpu_times())
     busy = load_begin[0] > 1.0 or (steal is not None and steal > 0.02)
     log(f"  noise: load average {load_begin[0]:.2f} before the run; "

@@ -24,17 +24,23 @@ def _vm(api: str, *args: str) -> tuple[int, dict[str, object], str]:
     return p.returncode, json.loads(out) if out.strip().startswith("{") else {}, p.stderr.decode()
 
 
+def _saved_dirty_vm(vms: Vms, tmp_path: Path, *save_options: str) -> str:
+    """Run the dirty guest for a second, save it; the snapshot's path."""
+    api = str(tmp_path / "vm.api")
+    vms.start(["run", "--kernel", str(DIRTY), "--memory", "128M", "--cmdline", "rate=10 pages=4096 spread",
+               "--serial", f"socket:{tmp_path / 'a.serial'}", "--api-socket", api])
+    wait_for("the VM's API", lambda: socket_listening(api))
+    Serial(str(tmp_path / "a.serial")).read_until(b"dirty: second 1 ")
+    snap = str(tmp_path / "vm.snap")
+    status, _, err = _vm(api, "save", snap, *save_options)
+    assert status == 0, err
+    return snap
+
+
 def test_a_waiting_vmm_restores_on_request(tmp_path: Path) -> None:
     vms = Vms(tmp_path)
     try:
-        api = str(tmp_path / "vm.api")
-        vms.start(["run", "--kernel", str(DIRTY), "--memory", "128M", "--cmdline", "rate=10 pages=4096 spread",
-                   "--serial", f"socket:{tmp_path / 'a.serial'}", "--api-socket", api])
-        wait_for("the VM's API", lambda: socket_listening(api))
-        Serial(str(tmp_path / "a.serial")).read_until(b"dirty: second 1 ")
-        snap = str(tmp_path / "vm.snap")
-        status, reply, err = _vm(api, "save", snap)
-        assert status == 0, err
+        snap = _saved_dirty_vm(vms, tmp_path)
         waiting = str(tmp_path / "w.api")
         w = vms.start(["restore", "--api-socket", waiting, "--serial", f"socket:{tmp_path / 'w.serial'}"])
         wait_for("the waiting VMM's API", lambda: socket_listening(waiting))
@@ -65,13 +71,7 @@ def test_lazy_restore_of_a_compressed_snapshot(tmp_path: Path) -> None:
         pytest.skip("zstandard is not installed")
     vms = Vms(tmp_path)
     try:
-        api = str(tmp_path / "vm.api")
-        vms.start(["run", "--kernel", str(DIRTY), "--memory", "128M", "--cmdline", "rate=10 pages=4096 spread",
-                   "--serial", f"socket:{tmp_path / 'a.serial'}", "--api-socket", api])
-        wait_for("the VM's API", lambda: socket_listening(api))
-        Serial(str(tmp_path / "a.serial")).read_until(b"dirty: second 1 ")
-        snap = str(tmp_path / "vm.snap")
-        assert _vm(api, "save", snap, "--compress", "zstd")[0] == 0
+        snap = _saved_dirty_vm(vms, tmp_path, "--compress", "zstd")
         r = vms.start(["-v", "restore", snap, "--lazy", "--serial", f"socket:{tmp_path / 'r.serial'}"])
         serial = Serial(str(tmp_path / "r.serial"))
         serial.verify()

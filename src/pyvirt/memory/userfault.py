@@ -528,3 +528,27 @@ def available() -> str | None:
     except OSError as e:
         return f"userfaultfd: {e}"
     return None
+
+
+class AddressMap:
+    """Guest-physical <-> host-virtual addresses of guest RAM, for a fault
+    server in another process: faults name host addresses of the VM
+    process, the pages to install are known by guest address."""
+
+    def __init__(self, regions: "list[tuple[int, int, int]]") -> None:
+        self.regions = [(int(g), int(h), int(size)) for g, h, size in regions]  # (gpa, hva, size)
+        self.top = max((g + size for g, _, size in self.regions), default=0)  # guest address after the last byte
+
+    def hva(self, gpa: int, length: int = 1) -> int:
+        """The host address of [gpa, gpa+length); ValueError outside one region."""
+        for g, h, size in self.regions:
+            if g <= gpa and gpa + length <= g + size:
+                return h + gpa - g
+        raise ValueError(f"guest memory {gpa:#x}+{length:#x} is outside guest RAM")
+
+    def gpa(self, hva: int) -> "int | None":
+        """The guest address of a host address, None outside guest RAM."""
+        for g, h, size in self.regions:
+            if h <= hva < h + size:
+                return g + hva - h
+        return None

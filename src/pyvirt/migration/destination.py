@@ -25,7 +25,6 @@ import sys
 import time
 
 from .._log import get_logger
-from ..arch.x86 import layout
 from . import stream
 from .dirty import PAGE
 from .stream import Channel, MigrationError
@@ -100,10 +99,9 @@ def machine_class() -> type[_Machine]:
             return b"", None
 
         def _ram_regions(self, size: int) -> list[Region]:
-            expected = [(r.gpa, r.size) for r in layout.ram_ranges(size)]
-            if self._saved_regions != expected:
-                raise self._error.error(f"memory regions {self._saved_regions} are not this pyvirt's layout for "
-                                        f"{size >> 20} MiB ({expected})")
+            from ..vmm.restore import check_layout
+
+            check_layout(self._saved_regions, size, self._error.error)
             return super()._ram_regions(size)
 
         def _setup_firmware_and_kernel(self, kernel: bytes, initrd: bytes | None) -> None:

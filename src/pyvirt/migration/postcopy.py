@@ -155,24 +155,20 @@ def _region(m: Machine, gpa: int, length: int) -> Region:
 class FaultServer:
     def __init__(self, uffd: UserFault, ch: Channel, regions: Sequence[tuple[int, int, int]],
                  pending: Sequence[int]) -> None:
+        from ..memory.userfault import AddressMap
+
         self.uffd = uffd
         self.ch = ch
-        self.regions = [(gpa, hva, size) for gpa, hva, size in regions]
+        self.map = AddressMap(list(regions))
         self.missing = set(pending)
         self.requested: set[int] = set()
         self.faults = self.zero = 0
 
     def hva(self, gpa: int, length: int) -> int:
-        for g, h, size in self.regions:
-            if g <= gpa and gpa + length <= g + size:
-                return h + gpa - g
-        raise MigrationError(f"page {gpa:#x}+{length:#x} is outside guest RAM")
-
-    def gpa_of(self, hva: int) -> int | None:
-        for g, h, size in self.regions:
-            if h <= hva < h + size:
-                return g + hva - h
-        return None
+        try:
+            return self.map.hva(gpa, length)
+        except ValueError as e:
+            raise MigrationError(f"the source sent {e}") from e
 
     def on_faults(self, go: bool) -> list[int]:
         """Handle queued fault events; returns the pages to ask the source for."""
@@ -183,7 +179,7 @@ class FaultServer:
             if not isinstance(ev, PageFault):
                 continue
             self.faults += 1
-            gpa = self.gpa_of(ev.page)
+            gpa = self.map.gpa(ev.page)
             if gpa is None:
                 continue
             page = gpa // PAGE
@@ -273,7 +269,7 @@ def serve() -> int:
 
     regions = [tuple(r) for r in spec["regions"]]
     server = FaultServer(uffd, ch, regions,  # type: ignore[arg-type]
-                         decode_pages(spec["pages"], max(g + size for g, _, size in regions) // PAGE))
+                         decode_pages(spec["pages"], max(g + size for g, _, size in regions) // PAGE))  # type: ignore[misc]
     try:
         server.run(spec["go"])
     except MigrationError as e:

@@ -72,22 +72,15 @@ class PeerError(MigrationError):
 
 
 def _recv_exact(sock: socket.socket, view: memoryview, what: str) -> None:
-    got = 0
-    n = len(view)
-    while got < n:
-        try:
-            k = sock.recv_into(view[got:], n - got)
-        except socket.timeout:
-            raise MigrationError(f"the peer sent nothing for too long while {what}") from None
-        except OSError as e:
-            raise MigrationError(f"the connection failed while {what}: {e.strerror or e}") from e
-        if k == 0:
-            raise MigrationError(f"the connection was closed while {what} (after {got} of {n} bytes)")
-        got += k
+    _recv_views(sock, [view], what)
 
 
 def _recv_views(sock: socket.socket, views: list[memoryview], what: str) -> None:
-    """Fill `views` in order from the socket, with as few recvmsg calls as it allows."""
+    """Fill `views` in order from the socket, with as few recvmsg calls as it
+    allows; a timeout, an error or the end of the stream is a MigrationError."""
+    views = [v for v in views if len(v)]
+    total = sum(len(v) for v in views)
+    got = 0
     i = 0
     while i < len(views):
         # Hand the kernel only what one call can fill (the socket buffer's
@@ -98,13 +91,14 @@ def _recv_views(sock: socket.socket, views: list[memoryview], what: str) -> None
             size += len(views[j])
             j += 1
         try:
-            n = sock.recvmsg_into(views[i:j])[0]
+            n = sock.recvmsg_into(views[i:j])[0] if j - i > 1 else sock.recv_into(views[i])
         except socket.timeout:
             raise MigrationError(f"the peer sent nothing for too long while {what}") from None
         except OSError as e:
             raise MigrationError(f"the connection failed while {what}: {e.strerror or e}") from e
         if n == 0:
-            raise MigrationError(f"the connection was closed while {what}")
+            raise MigrationError(f"the connection was closed while {what} (after {got} of {total} bytes)")
+        got += n
         while n and i < len(views):
             if n >= len(views[i]):
                 n -= len(views[i])

@@ -37,6 +37,10 @@ class Console:
         self._listener: "socket.socket | None" = None
         self._client: "socket.socket | None" = None
         self._escape = False
+        # Bumped whenever the client changes: a new client may get the fd
+        # number of the one it replaced, and the main loop must register it
+        # anew (epoll dropped the old file when it was closed).
+        self.generation = 0
         self._lock = threading.Lock()
         self.interactive = False
         if cfg.kind == "stdio":
@@ -64,11 +68,14 @@ class Console:
                 os.write(self._out_fd, data)
             except OSError:
                 self._out_fd = -1  # reader went away; the guest keeps running
-        elif self._client is not None:
+        elif (client := self._client) is not None:
             try:
-                self._client.sendall(data)
+                client.sendall(data)
             except OSError:
-                self._drop_client()
+                # The client is going away: the main loop sees its EOF and
+                # drops it. Closing it here, on a vCPU thread, would race
+                # with the main loop polling its fd.
+                pass
 
     # --- input (main thread) -----------------------------------------------
     def start(self) -> None:
@@ -105,8 +112,9 @@ class Console:
             fds.append(self._in_fd)
         if self._listener is not None:
             fds.append(self._listener.fileno())
-        if self._client is not None:
-            fds.append(self._client.fileno())
+        client = self._client
+        if client is not None and client.fileno() >= 0:
+            fds.append(client.fileno())
         return fds
 
     def on_readable(self, fd: int) -> None:
@@ -114,6 +122,7 @@ class Console:
             conn, _ = self._listener.accept()
             self._drop_client()
             self._client = conn
+            self.generation += 1
             return
         if fd != self._in_fd and (self._client is None or fd != self._client.fileno()):
             return  # a client replaced in this same round of events: its fd is closed
@@ -165,6 +174,7 @@ class Console:
         return bytes(out)
 
     def _drop_client(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        client, self._client = self._client, None
+        if client is not None:
+            self.generation += 1
+            client.close()

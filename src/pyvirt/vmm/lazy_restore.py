@@ -88,25 +88,15 @@ class PageServer:
     """Serves a snapshot's compressed memory to the VM's page faults."""
 
     def __init__(self, snap: Snapshot, uffd: UserFault, regions: list[tuple[int, int, int]]) -> None:
+        from ..memory.userfault import AddressMap
+
         self.snap = snap
         self.uffd = uffd
-        self.regions = regions
+        self.map = AddressMap(regions)
         self.runs: list[MemoryRun] = snap.memory_runs([(g, size) for g, _, size in regions])
         self.starts = [r.gpa for r in self.runs]
         self.done = [False] * len(self.runs)
         self.faults = self.zero = 0
-
-    def hva(self, gpa: int) -> int:
-        for g, h, size in self.regions:
-            if g <= gpa < g + size:
-                return h + gpa - g
-        raise ValueError(f"{gpa:#x} is outside guest RAM")
-
-    def gpa(self, hva: int) -> int | None:
-        for g, h, size in self.regions:
-            if h <= hva < h + size:
-                return g + hva - h
-        return None
 
     def install(self, i: int) -> None:
         run = self.runs[i]
@@ -114,10 +104,10 @@ class PageServer:
             self.done[i] = True
             data = self.snap.read_run(run)  # CRC-checked, decompressed
             assert data is not None
-            self.uffd.copy(self.hva(run.gpa), data)
+            self.uffd.copy(self.map.hva(run.gpa, run.length), data)
 
     def on_fault(self, address: int) -> None:
-        gpa = self.gpa(address)
+        gpa = self.map.gpa(address)
         if gpa is None:
             return
         self.faults += 1

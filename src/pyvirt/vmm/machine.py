@@ -475,8 +475,15 @@ class Machine:
         sel = selectors.DefaultSelector()
         sel.register(self._wake, selectors.EVENT_READ)
         registered: set[int] = set()
+        generation = self.console.generation
         while not self._flag.stopping:
             want = set(self.console.readable_fds())
+            if self.console.generation != generation:
+                # The client changed: its fd number may be the old one's.
+                generation = self.console.generation
+                for fd in registered:
+                    sel.unregister(fd)
+                registered = set()
             for fd in registered - want:
                 sel.unregister(fd)
             for fd in want - registered:
@@ -492,6 +499,8 @@ class Machine:
                 if key.fd == self._wake:
                     continue
                 self.console.on_readable(key.fd)
+                if self.console.generation != generation:
+                    break  # the rest of these events may be for the replaced client's fd number
         sel.close()
 
     def close(self) -> None:

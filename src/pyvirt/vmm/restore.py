@@ -239,6 +239,15 @@ class DeviceLoader:
                        f"virtio-{dev.name} {i} transport")
 
 
+def check_layout(saved: Sequence[tuple[int, int]], size: int, error: Callable[[str], Exception]) -> list[tuple[int, int]]:
+    """The RAM regions (gpa, size) of `size` bytes of guest memory, which
+    must be the saved ones: guest memory is restored region by region."""
+    expected = [(r.gpa, r.size) for r in layout.ram_ranges(size)]
+    if list(saved) != expected:
+        raise error(f"memory regions {list(saved)} are not this pyvirt's layout for {size >> 20} MiB ({expected})")
+    return expected
+
+
 class RestoredMachine(Machine):
     """A Machine whose memory and state come from a snapshot."""
 
@@ -271,10 +280,7 @@ class RestoredMachine(Machine):
         return b"", None
 
     def _ram_regions(self, size: int) -> list[Region]:
-        expected = [(r.gpa, r.size) for r in layout.ram_ranges(size)]
-        if self._saved_regions != expected:
-            raise self.snap.error(f"memory regions {self._saved_regions} are not this pyvirt's layout for "
-                                   f"{size >> 20} MiB ({expected})")
+        expected = check_layout(self._saved_regions, size, self.snap.error)
         regions = super()._ram_regions(size)
         snap = self.snap
         runs = snap.memory_runs(expected)
