@@ -94,10 +94,11 @@ class Vms:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.prefix = prefix or []
 
-    def start(self, args: list[str], prefix: list[str] | None = None) -> subprocess.Popen[bytes]:
+    def start(self, args: list[str], prefix: list[str] | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"vm{len(self.procs)}.log", "wb")
         p = subprocess.Popen([*(prefix if prefix is not None else self.prefix), *pyvirt_cmd(), *args],
-                             stdout=log, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT)
+                             stdout=log, stderr=subprocess.STDOUT, env=dict(ENV, **(env or {})), cwd=ROOT)
         self.procs.append(p)
         return p
 
@@ -118,10 +119,11 @@ def vms(tmp_path: Path):
     v.close()
 
 
-def source(vms: Vms, tmp: Path, cmdline: str, extra: list[str] = (), prefix: list[str] | None = None):
+def source(vms: Vms, tmp: Path, cmdline: str, extra: list[str] = (), prefix: list[str] | None = None,
+           env: dict[str, str] | None = None):
     api = str(tmp / "src.api")
     p = vms.start(["run", "--kernel", str(DIRTY), "--memory", "256M", "--cmdline", cmdline,
-                   "--serial", f"socket:{tmp / 'src.serial'}", "--api-socket", api, *extra], prefix)
+                   "--serial", f"socket:{tmp / 'src.serial'}", "--api-socket", api, *extra], prefix, env)
     wait_for("the source's API socket", lambda: socket_listening(api))
     return p, api
 
@@ -144,18 +146,23 @@ def migrate(api: str, uri: str, *options: str, prefix: list[str] | None = None,
     return p.returncode, json.loads(out) if out.strip().startswith("{") else {}, p.stderr.decode()
 
 
-def test_precopy_with_a_disk_moves_the_running_guest(vms: Vms, tmp_path: Path) -> None:
+@pytest.mark.parametrize("tracking", ["ring", "bitmap"])
+def test_precopy_with_a_disk_moves_the_running_guest(vms: Vms, tmp_path: Path, tracking: str) -> None:
     """50 MiB/s of dirtying: converges, the guest's memory verifies on the
-    destination, the disk's lock moves with it, the source ends with 0."""
+    destination, the disk's lock moves with it, the source ends with 0;
+    with KVM's dirty rings (where the host has them) and with the bitmap."""
     disk = tmp_path / "disk.raw"
     disk.write_bytes(b"\xab" * (1 << 20))
     port = _free_port()
     dst = destination(vms, tmp_path, port)
-    src, api = source(vms, tmp_path, "rate=50 pages=16384 spread", ["--disk", f"path={disk}"])
+    src, api = source(vms, tmp_path, "rate=50 pages=16384 spread", ["--disk", f"path={disk}"],
+                      env={"PYVIRT_DIRTY_RING": "1" if tracking == "ring" else "0"})
     Serial(str(tmp_path / "src.serial")).read_until(b"dirty: second 1 ")
     status, result, err = migrate(api, f"tcp:127.0.0.1:{port}")
     assert status == 0, err
     assert result["state"] == "completed"
+    if tracking == "bitmap" or _has_dirty_ring():
+        assert result["dirty_tracking"] == tracking
     assert isinstance(result["downtime"], float) and result["downtime"] > 0
     assert result["transferred"] >= 64 << 20  # at least the guest's area
     assert src.wait(30) == 0, vms.log(src)
@@ -193,6 +200,16 @@ def test_cut_stream_leaves_the_source_running(vms: Vms, tmp_path: Path) -> None:
     status = subprocess.run([*pyvirt_cmd(), "vm", "status", "--api-socket", api, "-o", "json"],
                             capture_output=True, env=ENV, cwd=ROOT)
     assert json.loads(status.stdout)["state"] == "running"
+
+
+def _has_dirty_ring() -> bool:
+    from pyvirt.kvm import Kvm, ioctls
+
+    kvm = Kvm("/dev/kvm")
+    try:
+        return kvm.check_extension(ioctls.KVM_CAP_DIRTY_LOG_RING) >= 16 * 64
+    finally:
+        kvm.close()
 
 
 def _received(api: str) -> int:

@@ -157,6 +157,7 @@ class FakeMachine:
         self.vcpus: list[object] = []
         self.threads: list[object] = []
         self._gate = None
+        self.dirty_rings: list[object] = []
         self.reason = ""
 
     def pause(self, timeout: float = 5.0) -> None:

@@ -49,6 +49,19 @@ class Vm:
         cfg = s.kvm_pit_config(flags=k.KVM_PIT_SPEAKER_DUMMY if speaker_dummy else 0)
         ioctl(self.fd, k.KVM_CREATE_PIT2, cfg, "KVM_CREATE_PIT2")
 
+    def enable_dirty_ring(self, entries: int) -> None:
+        """Log dirty pages into a ring of `entries` per vCPU (a power of two)
+        instead of a bitmap; before any vCPU is created (KVM_CAP_DIRTY_LOG_RING)."""
+        from .structs_extra import kvm_enable_cap
+
+        cap = kvm_enable_cap(cap=k.KVM_CAP_DIRTY_LOG_RING)
+        cap.args[0] = entries * 16  # bytes: struct kvm_dirty_gfn is 16
+        ioctl(self.fd, k.KVM_ENABLE_CAP, cap, "KVM_ENABLE_CAP(DIRTY_LOG_RING)")
+
+    def reset_dirty_rings(self) -> int:
+        """Re-protect the pages harvested from the rings and free their entries."""
+        return ioctl(self.fd, k.KVM_RESET_DIRTY_RINGS, 0, "KVM_RESET_DIRTY_RINGS")
+
     def set_pit_reinject(self, on: bool) -> None:
         ctl = s.kvm_reinject_control(pit_reinject=1 if on else 0)
         ioctl(self.fd, k.KVM_REINJECT_CONTROL, ctypes.addressof(ctl), "KVM_REINJECT_CONTROL")

@@ -17,7 +17,7 @@ from ..kvm import ioctls
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from ..kvm import Vm
     from ..memory import GuestMemory
@@ -94,12 +94,15 @@ def page_runs(pages: Iterable[int], max_pages: int = 1 << 30) -> list[tuple[int,
 
 
 class DirtyLog:
-    """KVM's dirty-page logging over a VM's RAM slots (slot i = region i)."""
+    """KVM's dirty-page logging over a VM's RAM slots (slot i = region i):
+    the per-vCPU dirty rings where the machine has them, else the bitmap."""
 
-    def __init__(self, vm: Vm, mem: GuestMemory) -> None:
+    def __init__(self, vm: Vm, mem: GuestMemory, rings: Callable[[], list[int]] | None = None) -> None:
         self.vm = vm
         self.mem = mem
         self.on = False
+        # With KVM's dirty rings (Machine.harvest_dirty_rings) there is no bitmap.
+        self.rings = rings
 
     def _set(self, flags: int) -> None:
         for slot, r in enumerate(self.mem.regions):
@@ -109,6 +112,8 @@ class DirtyLog:
         """Log from now on (the first `fetch` returns the pages written since)."""
         self._set(ioctls.KVM_MEM_LOG_DIRTY_PAGES)
         self.on = True
+        if self.rings is not None:
+            self.rings()  # drop what a previous migration left in the rings
 
     def stop(self) -> None:
         if self.on:
@@ -117,6 +122,8 @@ class DirtyLog:
 
     def fetch(self) -> list[int]:
         """Page numbers the guest wrote since `start` or the last fetch."""
+        if self.rings is not None:
+            return self.rings()
         pages: list[int] = []
         for slot, r in enumerate(self.mem.regions):
             npages = r.size // PAGE

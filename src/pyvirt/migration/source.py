@@ -98,6 +98,7 @@ class Progress:
     switchover_ms: dict[str, float] = dataclasses.field(default_factory=dict)  # where the downtime went
     error: str = ""
     memory: int = 0  # bytes of guest RAM
+    dirty_tracking: str = ""  # "ring" (KVM's per-vCPU dirty rings) or "bitmap"
 
     def as_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -148,7 +149,8 @@ class OutgoingMigration:
         self.m = m
         self.opt = options
         self.clock = clock
-        self.progress = Progress(uri=options.uri, memory=m.cfg.memory)
+        self.progress = Progress(uri=options.uri, memory=m.cfg.memory,
+                                 dirty_tracking="ring" if m.dirty_rings else "bitmap")
         self._cancel = threading.Event()
         self._result_read = threading.Event()
         self._lock = threading.Lock()
@@ -278,7 +280,7 @@ class OutgoingMigration:
         m = self.m
         ch = self.ch
         assert ch is not None
-        log_ = DirtyLog(m.vm, m.mem)
+        log_ = DirtyLog(m.vm, m.mem, m.harvest_dirty_rings if m.dirty_rings else None)
         vmm = VmmWrites(m.mem)
         throttle = Throttle(m)
         vmm.start()

@@ -38,12 +38,15 @@ if TYPE_CHECKING:
     from ..devices.protocols import BusDevice
     from ..devices.pci.bus import PciBus
     from ..disk.backend import BlockBackend
+    from ..kvm.dirty_ring import DirtyRing
     from .device_config import DiskConfig
     from .machine_control import VcpuGate
     from .pvm import PvmAssist
     from .virtio_setup import VirtioSetup
 
 log = get_logger(__name__)
+
+DIRTY_RING_ENTRIES = 4096  # per vCPU: 64 KiB; a full ring costs its vCPU one exit
 
 MSR_IA32_MISC_ENABLE = 0x1A0
 MISC_ENABLE_FAST_STRING = 1
@@ -91,6 +94,8 @@ class Machine:
     boots_kernel = True  # False for a machine restored from a snapshot (restore.py)
     # How virtio-blk opens a disk when not with open_disk (migration/destination.py)
     _open_disk: Callable[[DiskConfig], BlockBackend] | None = None
+    # KVM's dirty rings, one per vCPU, where the host has them (else the bitmap)
+    dirty_rings: list[DirtyRing] = []
     # Set once the vCPU threads run (restore_request.py reports the time)
     started: threading.Event | None = None
     started_at: float | None = None
@@ -104,6 +109,8 @@ class Machine:
         self._stop_lock = threading.Lock()
         self._flag = StopFlag()  # read by every vCPU loop iteration
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._ring_spill: list[tuple[int, int]] = []  # entries harvested by vCPUs whose dirty ring filled
+        self._ring_lock = threading.Lock()
         self.threads: list[threading.Thread] = []
         self.vcpus: list[kvm.Vcpu] = []
         self.pio = Bus("port I/O")
@@ -131,6 +138,7 @@ class Machine:
         kernel, initrd = self._read_images()
 
         self.vm = self.kvm.create_vm()
+        ring_entries = self._enable_dirty_ring()  # before any vCPU exists
         try:
             self.vm.set_tss_addr(layout.TSS_ADDR)  # needed by Intel VMX without unrestricted guest
         except kvm.KvmError as e:
@@ -150,6 +158,48 @@ class Machine:
             self._add_virtio()
         self._setup_firmware_and_kernel(kernel, initrd)
         self._create_vcpus()
+        if ring_entries:
+            from ..kvm.dirty_ring import DirtyRing
+
+            self.dirty_rings = [DirtyRing.map(v, ring_entries) for v in self.vcpus]
+
+    # --- dirty-page logging (live migration) ----------------------------------
+    def _enable_dirty_ring(self) -> int:
+        """Entries per vCPU ring if KVM logs dirty pages into rings here (0:
+        the dirty bitmap is used). PYVIRT_DIRTY_RING=0 turns the rings off."""
+        if os.environ.get("PYVIRT_DIRTY_RING", "1") == "0":
+            return 0
+        max_bytes = self.kvm.check_extension(kvm.ioctls.KVM_CAP_DIRTY_LOG_RING)
+        if max_bytes < 16 * 64:  # none, or too small to be worth it
+            return 0
+        entries = min(DIRTY_RING_ENTRIES, max_bytes // 16)
+        try:
+            self.vm.enable_dirty_ring(entries)
+        except kvm.KvmError as e:
+            log.debug("dirty ring not used: %s", e)
+            return 0
+        return entries
+
+    def _ring_full(self, vcpu: kvm.Vcpu) -> None:
+        """KVM_EXIT_DIRTY_RING_FULL: keep what the full ring holds for the
+        migration's next fetch, and free it so the vCPU can go on."""
+        ring = self.dirty_rings[vcpu.index]
+        taken = ring.harvest()
+        with self._ring_lock:
+            self._ring_spill += taken
+        self.vm.reset_dirty_rings()
+
+    def harvest_dirty_rings(self) -> list[int]:
+        """Page numbers (gpa >> 12) the vCPUs dirtied since the last harvest."""
+        entries: list[tuple[int, int]] = []
+        for ring in self.dirty_rings:
+            entries += ring.harvest()
+        with self._ring_lock:
+            entries += self._ring_spill
+            self._ring_spill = []
+        self.vm.reset_dirty_rings()
+        bases = [r.gpa >> 12 for r in self.mem.regions]
+        return [bases[slot] + offset for slot, offset in entries if slot < len(bases)]
 
     def _read_images(self) -> tuple[bytes, bytes | None]:
         cfg = self.cfg
@@ -357,6 +407,8 @@ class Machine:
         if assist is not None:
             handler.tick = assist.tick
         handler.tick = self._interrupt_hook(handler.tick)
+        if self.dirty_rings:
+            handler.dirty_ring_full = self._ring_full
         api = None
         if self.cfg.api_socket:
             from .machine_control import start_api
@@ -506,6 +558,8 @@ class Machine:
     def close(self) -> None:
         if self.virtio is not None:
             self.virtio.close()
+        for ring in self.dirty_rings:
+            ring.close()
         for vcpu in self.vcpus:
             vcpu.close()
         self.vm.close()

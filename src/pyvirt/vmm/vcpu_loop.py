@@ -12,7 +12,7 @@ from .._log import get_logger
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 
 from ..kvm import exits
-from ..kvm.exits import Hlt, InternalError, Interrupted, IoIn, IoOut, MmioRead, MmioWrite, Shutdown, SystemEvent
+from ..kvm.exits import Hlt, InternalError, Interrupted, IoIn, IoOut, MmioRead, MmioWrite, Other, Shutdown, SystemEvent
 from . import exit_status
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ class ExitHandler:
         self.stop = stop
         self.assist = assist  # a host-compat layer may resolve some exits (returns True if it did)
         self.tick: Callable[["Vcpu"], None] | None = None  # run when a signal interrupted KVM_RUN
+        self.dirty_ring_full: Callable[["Vcpu"], None] | None = None  # empties a full dirty ring
         self.device_errors = 0
 
     def handle(self, vcpu: "Vcpu", e: exits.Exit) -> None:
@@ -74,6 +75,9 @@ class ExitHandler:
                 vcpu.complete_mmio_read(b"\xff" * e.size)  # type: ignore[union-attr]
             return
         if t is Interrupted or t is Hlt:
+            return
+        if t is Other and e.reason == exits.EXIT_DIRTY_RING_FULL and self.dirty_ring_full is not None:  # type: ignore[union-attr]
+            self.dirty_ring_full(vcpu)
             return
         if self.assist is not None and self.assist(vcpu, e):
             return
