@@ -486,8 +486,29 @@ class Bench:
                 self.quit_guest(serial, r)
             finally:
                 r.stop()
+            out["restores"][-1].update(self.warm_restore_pyvirt(file))
         os.unlink(file)
         return out
+
+    def warm_restore_pyvirt(self, file: str) -> dict[str, Any]:
+        """`pyvirt restore --api-socket` started ahead, then `pyvirt vm restore FILE`:
+        the VMM's own figures (restore_ms, to_run_ms) and the guest's VERIFY."""
+        ser, api = self.path("serial-w.sock"), self.path("api-w.sock")
+        r = self.procs.spawn("pyvirt restore (waiting)", self.pyvirt + ["restore", "--api-socket", api, "--serial",
+                                                                        f"socket:{ser}"], self.env)
+        try:
+            wait_until("the waiting VMM", lambda: r.find("waiting for PUT /restore"), STEP_TIMEOUT, r)
+            p, _ = self.pyvirt_cli(["vm", "restore", "--api-socket", api, file, "-o", "json"], STEP_TIMEOUT)
+            if p.returncode != 0:
+                raise BenchError(f"pyvirt vm restore: status {p.returncode}: {p.stderr.strip()}")
+            reply = json.loads(p.stdout)
+            serial = Serial(ser, r)  # the restore makes the serial socket
+            self.verify(serial, r, after=0.0)
+            self.quit_guest(serial, r)
+            return {"warm_restore_s": reply["restore_ms"] / 1000,
+                    "warm_to_run_s": None if reply["to_run_ms"] is None else reply["to_run_ms"] / 1000}
+        finally:
+            r.stop()
 
     def save_restore_qemu(self, memory: str, pages: int) -> dict[str, Any]:
         cmdline = f"rate={SAVE_RATE} pages={pages} spread"
@@ -840,6 +861,9 @@ def main(argv: list[str] | None = None) -> int:
         restore_s[memory] = median(values(pr, "restore_s"))
         report.add(f"{memory}: restore itself (pyvirt log; QEMU migrate-incoming -> RESUME)",
                    values(pr, "restore_s"), values(qr, "restore_s"), fmt_s, note, f"<= {TARGET_RESTORE_MS:.0f} ms",
+                   at_most(TARGET_RESTORE_MS / 1000))
+        report.add(f"{memory}: restore in a VMM started ahead (PUT /restore -> vCPUs started)",
+                   values(pr, "warm_to_run_s"), [], fmt_s, "", f"<= {TARGET_RESTORE_MS:.0f} ms",
                    at_most(TARGET_RESTORE_MS / 1000))
         for key, label in (("spawn_to_running_s", "spawn -> running"),
                            ("spawn_to_first_line_s", "spawn -> first serial line"),
