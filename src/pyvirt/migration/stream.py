@@ -34,6 +34,8 @@ ends with DONE {}. Either side may send ERROR and close.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import socket
 import struct
@@ -77,21 +79,19 @@ def _recv_exact(sock: socket.socket, view: memoryview, what: str) -> None:
 
 def _recv_views(sock: socket.socket, views: list[memoryview], what: str) -> None:
     """Fill `views` in order from the socket, with as few recvmsg calls as it
-    allows; a timeout, an error or the end of the stream is a MigrationError."""
+    allows; a timeout, an error or the end of the stream is a MigrationError.
+    (Up to a thousand single pages at a time: per view, only C-level work.)"""
     views = [v for v in views if len(v)]
-    total = sum(len(v) for v in views)
-    got = 0
-    i = 0
-    while i < len(views):
+    ends = list(itertools.accumulate(len(v) for v in views))  # where each view ends in the stream
+    total = ends[-1] if ends else 0
+    got = i = 0
+    while got < total:
         # Hand the kernel only what one call can fill (the socket buffer's
-        # worth): building a 1024-entry iovec for every call costs more
-        # than the copy when the runs are single pages.
-        j, size = i, 0
-        while j < len(views) and j - i < MAX_RUNS and size < RECV_BATCH:
-            size += len(views[j])
-            j += 1
+        # worth): a 1024-entry iovec for every call costs more than the copy.
+        j = min(max(bisect.bisect_left(ends, got + RECV_BATCH, i), i + 1), i + MAX_RUNS, len(views))
+        first = views[i][len(views[i]) - (ends[i] - got):]  # the part of view i still to fill
         try:
-            n = sock.recvmsg_into(views[i:j])[0] if j - i > 1 else sock.recv_into(views[i])
+            n = sock.recv_into(first) if j == i + 1 else sock.recvmsg_into([first, *views[i + 1:j]])[0]
         except socket.timeout:
             raise MigrationError(f"the peer sent nothing for too long while {what}") from None
         except OSError as e:
@@ -99,13 +99,7 @@ def _recv_views(sock: socket.socket, views: list[memoryview], what: str) -> None
         if n == 0:
             raise MigrationError(f"the connection was closed while {what} (after {got} of {total} bytes)")
         got += n
-        while n and i < len(views):
-            if n >= len(views[i]):
-                n -= len(views[i])
-                i += 1
-            else:
-                views[i] = views[i][n:]
-                n = 0
+        i = bisect.bisect_right(ends, got, i)  # the first view not yet full
 
 
 class Channel:
