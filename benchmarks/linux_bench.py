@@ -286,11 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     t_begin, load_begin, cpu_begin = time.monotonic(), os.getloadavg(), common.cpu_times()
 
     log("pyvirt Linux guest benchmark: time to the /init marker, pyvirt vs QEMU microvm (default CPU model)")
-    info = common.host_info()
-    log(f"  host: {info.get('cpu', '?')}, {info['cpus']} CPUs, Linux {info['kernel']}, "
-        f"/dev/kvm = {info['kvm_backend']}; load average {load_begin[0]:.2f}")
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        log("  /dev/kvm is not usable here: nothing can be measured")
+    info = common.host_preamble(load_begin[0])
+    if info is None:
         return 1
     problems: list[str] = []
     log(f"  building the guest into {GUEST_DIR.relative_to(ROOT)} (uncompressed initramfs, default /init) ...")

@@ -763,11 +763,8 @@ def main(argv: list[str] | None = None) -> int:
     t_begin, load_begin, cpu_begin = time.monotonic(), os.getloadavg(), common.cpu_times()
 
     log("pyvirt save/restore and live migration benchmark: pyvirt vs QEMU microvm, guests/build/dirty.elf")
-    info = common.host_info()
-    log(f"  host: {info.get('cpu', '?')}, {info['cpus']} CPUs, Linux {info['kernel']}, "
-        f"/dev/kvm = {info['kvm_backend']}; load average {load_begin[0]:.2f}")
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        log("  /dev/kvm is not usable here: nothing can be measured")
+    info = common.host_preamble(load_begin[0])
+    if info is None:
         return 1
     if not GUEST.exists():
         p = subprocess.run(["make", "-s", "-C", str(ROOT / "guests")], capture_output=True, text=True)

@@ -411,6 +411,19 @@ def fmt_ratio(a: float | None, b: float | None) -> tuple[float | None, str]:
     return r, f"{r:.2f}x"
 
 
+def host_preamble(load: float | None = None) -> dict[str, str] | None:
+    """Log the host line of a benchmark; its host_info(), or None (with the
+    reason logged) when /dev/kvm cannot be used and nothing can be measured."""
+    info = host_info()
+    extra = f"; load average {load:.2f}" if load is not None else ""
+    log(f"  host: {info.get('cpu', '?')}, {info['cpus']} CPUs, Linux {info['kernel']}, "
+        f"/dev/kvm = {info['kvm_backend']}{extra}")
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        log("  /dev/kvm is not usable here: nothing can be measured")
+        return None
+    return info
+
+
 def write_results(path: Path, result: dict[str, object]) -> None:
     """Write a benchmark's results as JSON and say where (relative to the repo when inside it)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -301,11 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     t_begin, load_begin, cpu_begin = time.monotonic(), os.getloadavg(), common.cpu_times()
 
     log("pyvirt virtio benchmark: pyvirt vs QEMU, same guest driver (guests/build/virtio-bench.elf)")
-    info = common.host_info()
-    log(f"  host: {info.get('cpu', '?')}, {info['cpus']} CPUs, Linux {info['kernel']}, "
-        f"/dev/kvm = {info['kvm_backend']}")
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        log("  /dev/kvm is not usable here: nothing can be measured")
+    info = common.host_preamble()
+    if info is None:
         return 1
     p = subprocess.run(["make", "-s", "-C", str(ROOT / "guests")], capture_output=True, text=True)
     if p.returncode or not GUEST.exists():
