@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
     from ..vmm.config import VmConfig
+    from ..vmm.machine import Machine
 
 LOG_FORMAT = "pyvirt: %(message)s"
 WARNING = 30  # logging.WARNING
@@ -219,6 +220,13 @@ def cmd_run(args: argparse.Namespace | RunArgs, log_level: int = WARNING) -> int
     except (ConfigError, VmError, KvmError) as e:
         print(f"pyvirt: {e}", file=sys.stderr)
         return 1
+    return run_machine(machine)
+
+
+def run_machine(machine: Machine) -> int:
+    """Run a built machine in the foreground and close it; the exit status."""
+    from ..vmm.machine import VmError
+
     try:
         return machine.run()
     except VmError as e:  # e.g. the API socket's path is taken: nothing ran yet

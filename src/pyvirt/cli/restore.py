@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from .. import _log
-from .main import LOG_FORMAT
+from .main import LOG_FORMAT, run_machine
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -48,10 +48,4 @@ def cmd_restore(args: argparse.Namespace | RestoreArgs, log_level: int) -> int:
     except (SnapshotError, ConfigError, VmError, KvmError) as e:
         print(f"pyvirt: {e}", file=sys.stderr)
         return 1
-    try:
-        return machine.run()
-    except VmError as e:  # e.g. the API socket's path is taken: nothing ran yet
-        print(f"pyvirt: {e}", file=sys.stderr)
-        return 1
-    finally:
-        machine.close()
+    return run_machine(machine)
